@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Readiness probes and a tiny CQL shell for scripts/stack (Python standard library only).
+
+  probe.py kafka HOST:PORT          one ApiVersions + Metadata round trip; exit 0 when the broker
+                                    answers with itself in the broker list and a controller id
+  probe.py cql HOST:PORT [STMT...]  run CQL statements over native protocol v4 (no auth) and print
+                                    any rows, tab-separated, with a header line; exit 0 on success.
+                                    Default statement: SELECT release_version FROM system.local
+
+Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protocol failure.
+"""
+
+import datetime
+import socket
+import struct
+import sys
+import uuid
+
+TIMEOUT = 10.0
+
+
+class ServerError(Exception):
+    pass
+
+
+def parse_addr(s):
+    host, _, port = s.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by server")
+        buf += chunk
+    return bytes(buf)
+
+
+class Reader:
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n):
+        if self.pos + n > len(self.data):
+            raise ValueError("short frame")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def i8(self):
+        return struct.unpack(">b", self.take(1))[0]
+
+    def i16(self):
+        return struct.unpack(">h", self.take(2))[0]
+
+    def u16(self):
+        return struct.unpack(">H", self.take(2))[0]
+
+    def i32(self):
+        return struct.unpack(">i", self.take(4))[0]
+
+    def string(self):  # [string]: u16 length + utf8 (Kafka uses i16 with -1 = null)
+        n = self.i16()
+        return None if n < 0 else self.take(n).decode("utf-8", "replace")
+
+    def long_string(self):
+        n = self.i32()
+        return None if n < 0 else self.take(n).decode("utf-8", "replace")
+
+    def bytes_(self):
+        n = self.i32()
+        return None if n < 0 else self.take(n)
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+def kafka_request(sock, api_key, api_version, corr, body):
+    client_id = b"hawkeye-stack-probe"
+    header = struct.pack(">hhih", api_key, api_version, corr, len(client_id)) + client_id
+    msg = header + body
+    sock.sendall(struct.pack(">i", len(msg)) + msg)
+    size = struct.unpack(">i", recv_exact(sock, 4))[0]
+    resp = Reader(recv_exact(sock, size))
+    if resp.i32() != corr:
+        raise ValueError("correlation id mismatch")
+    return resp
+
+
+def probe_kafka(addr):
+    with socket.create_connection(parse_addr(addr), timeout=TIMEOUT) as sock:
+        sock.settimeout(TIMEOUT)
+        # ApiVersions v0 (every broker version answers it)
+        r = kafka_request(sock, 18, 0, 1, b"")
+        err = r.i16()
+        if err != 0:
+            raise ServerError("ApiVersions error code %d" % err)
+        versions = {}
+        for _ in range(r.i32()):
+            key, lo, hi = r.i16(), r.i16(), r.i16()
+            versions[key] = (lo, hi)
+        lo, hi = versions.get(3, (0, -1))
+        if not lo <= 4 <= hi:
+            raise ServerError("broker does not support Metadata v4 (has %d..%d)" % (lo, hi))
+        # Metadata v4: topics = [] (no topic metadata, just brokers), allow_auto_topic_creation=false
+        r = kafka_request(sock, 3, 4, 2, struct.pack(">ib", 0, 0))
+        r.i32()  # throttle_time_ms
+        brokers = []
+        for _ in range(r.i32()):
+            node, host, port, _rack = r.i32(), r.string(), r.i32(), r.string()
+            brokers.append("%d@%s:%d" % (node, host, port))
+        cluster_id = r.string()
+        controller = r.i32()
+        if not brokers or controller < 0:
+            raise ServerError("no live broker / controller yet (brokers=%s controller=%d)"
+                              % (brokers, controller))
+        print("kafka ok: cluster %s, brokers %s, controller %d"
+              % (cluster_id, " ".join(brokers), controller))
+
+
+# ---------------------------------------------------------------- CQL (native protocol v4)
+
+OP_ERROR, OP_STARTUP, OP_READY, OP_AUTHENTICATE, OP_QUERY, OP_RESULT = 0, 1, 2, 3, 7, 8
+CONSISTENCY_ONE = 1
+
+
+def cql_string(s):
+    b = s.encode("utf-8")
+    return struct.pack(">H", len(b)) + b
+
+
+def cql_frame(sock, stream, opcode, body):
+    sock.sendall(struct.pack(">BBhBi", 0x04, 0, stream, opcode, len(body)) + body)
+    version, flags, rstream, rop, length = struct.unpack(">BBhBi", recv_exact(sock, 9))
+    if version & 0x7F != 0x04:
+        raise ValueError("unexpected protocol version 0x%02x" % version)
+    body = Reader(recv_exact(sock, length))
+    if rstream != stream:
+        raise ValueError("stream id mismatch")
+    if flags & 0x01:
+        raise ValueError("compressed frame (no compression was asked for)")
+    if flags & 0x02:  # tracing id
+        body.take(16)
+    if flags & 0x08:  # warnings: [string list]
+        for _ in range(body.u16()):
+            sys.stderr.write("warning: %s\n" % body.string())
+    if flags & 0x04:  # custom payload: [bytes map]
+        for _ in range(body.u16()):
+            body.string()
+            body.bytes_()
+    if rop == OP_ERROR:
+        code = body.i32()
+        raise ServerError("CQL error 0x%04x: %s" % (code, body.string()))
+    return rop, body
+
+
+def read_type(r):
+    tid = r.u16()
+    if tid == 0x0000:
+        return ("custom", r.string())
+    if tid in (0x0020, 0x0022):  # list, set
+        return (tid, read_type(r))
+    if tid == 0x0021:  # map
+        return (tid, read_type(r), read_type(r))
+    if tid == 0x0030:  # UDT
+        r.string()
+        r.string()
+        return (tid, [(r.string(), read_type(r)) for _ in range(r.u16())])
+    if tid == 0x0031:  # tuple
+        return (tid, [read_type(r) for _ in range(r.u16())])
+    return (tid,)
+
+
+def decode(t, b):
+    if b is None:
+        return "null"
+    tid = t[0]
+    try:
+        if tid in (0x0001, 0x000D):  # ascii, varchar
+            return b.decode("utf-8", "replace")
+        if tid in (0x0002, 0x0005, 0x0009, 0x0013, 0x0014):  # bigint, counter, int, smallint, tinyint
+            return str(int.from_bytes(b, "big", signed=True))
+        if tid == 0x000E:  # varint
+            return str(int.from_bytes(b, "big", signed=True))
+        if tid == 0x0004:
+            return "true" if b[0] else "false"
+        if tid == 0x0007:
+            return repr(struct.unpack(">d", b)[0])
+        if tid == 0x0008:
+            return repr(struct.unpack(">f", b)[0])
+        if tid in (0x000C, 0x000F):  # uuid, timeuuid
+            return str(uuid.UUID(bytes=b))
+        if tid == 0x000B:  # timestamp: ms since epoch
+            ms = int.from_bytes(b, "big", signed=True)
+            return (datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+                    + datetime.timedelta(milliseconds=ms)).isoformat()
+        if tid == 0x0010:  # inet
+            return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
+        if tid in (0x0020, 0x0022):
+            r = Reader(b)
+            items = [decode(t[1], r.bytes_()) for _ in range(r.i32())]
+            return ("[%s]" if tid == 0x0020 else "{%s}") % ", ".join(items)
+        if tid == 0x0021:
+            r = Reader(b)
+            items = ["%s: %s" % (decode(t[1], r.bytes_()), decode(t[2], r.bytes_()))
+                     for _ in range(r.i32())]
+            return "{%s}" % ", ".join(items)
+    except (ValueError, IndexError, struct.error):
+        pass
+    return "0x" + b.hex()
+
+
+def cql_run(addr, statements):
+    with socket.create_connection(parse_addr(addr), timeout=TIMEOUT) as sock:
+        sock.settimeout(max(TIMEOUT, 30.0))
+        op, _ = cql_frame(sock, 1, OP_STARTUP, struct.pack(">H", 1) + cql_string("CQL_VERSION")
+                          + cql_string("3.0.0"))
+        if op == OP_AUTHENTICATE:
+            raise ServerError("server requires authentication (not supported by this probe)")
+        if op != OP_READY:
+            raise ValueError("unexpected opcode %d after STARTUP" % op)
+        for i, stmt in enumerate(statements):
+            q = stmt.encode("utf-8")
+            body = struct.pack(">i", len(q)) + q + struct.pack(">HB", CONSISTENCY_ONE, 0)
+            op, r = cql_frame(sock, 2 + i, OP_QUERY, body)
+            if op != OP_RESULT:
+                raise ValueError("unexpected opcode %d after QUERY" % op)
+            kind = r.i32()
+            if kind == 2:  # Rows
+                flags, ncols = r.i32(), r.i32()
+                if flags & 0x0002:
+                    r.bytes_()  # paging state
+                names, types = [], []
+                if not flags & 0x0004:  # no_metadata
+                    if flags & 0x0001:
+                        r.string()
+                        r.string()
+                    for _ in range(ncols):
+                        if not flags & 0x0001:
+                            r.string()
+                            r.string()
+                        names.append(r.string())
+                        types.append(read_type(r))
+                print("\t".join(names))
+                nrows = r.i32()
+                for _ in range(nrows):
+                    print("\t".join(decode(types[c], r.bytes_()) for c in range(ncols)))
+                print("(%d rows)" % nrows)
+            elif kind == 3:
+                print("USE %s" % r.string())
+            elif kind == 5:
+                change, target = r.string(), r.string()
+                name = r.string()
+                if target != "KEYSPACE":
+                    name += "." + r.string()
+                print("%s %s %s" % (change, target, name))
+            else:
+                print("OK")
+
+
+def main(argv):
+    if len(argv) < 3 or argv[1] not in ("kafka", "cql"):
+        sys.stderr.write(__doc__)
+        return 2
+    try:
+        if argv[1] == "kafka":
+            probe_kafka(argv[2])
+        else:
+            cql_run(argv[2], argv[3:] or ["SELECT release_version FROM system.local"])
+    except ServerError as e:
+        sys.stderr.write("%s: %s\n" % (argv[1], e))
+        return 1
+    except (OSError, ValueError, struct.error) as e:
+        sys.stderr.write("%s: %s: %s\n" % (argv[1], type(e).__name__, e))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,3 @@
+//! The customer cache: crossing rules, the refresh job, its Redis layout, and serving requests.
+
+pub mod keys;

@@ -1,0 +1,98 @@
+//! The Kafka edges of the service: client configuration, the shared producer, topic set-up.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, Producer};
+
+use crate::config::KafkaSettings;
+use crate::observe::http::ReadinessCheck;
+
+/// How long start-up waits for the brokers to answer before giving up.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The librdkafka settings every client of the service shares: brokers plus `KAFKA_CONFIG`.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (key, value) in &settings.extra {
+        config.set(key, value.expose());
+    }
+    config
+}
+
+/// The producer for dead letters, replies and notifications: idempotent, acknowledged by all
+/// in-sync replicas, compressed (replies can be large).
+pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    let producer = client_config(settings)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "10000000")
+        .create()
+        .map_err(|e| anyhow::anyhow!("cannot create Kafka producer (check KAFKA_CONFIG): {e}"))?;
+    Ok(producer)
+}
+
+/// Waits until the brokers answer a metadata request.
+pub async fn check_brokers(producer: &FutureProducer, timeout: Duration) -> Result<(), String> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("brokers do not answer: {e}"))
+    })
+    .await
+    .map_err(|e| format!("metadata task failed: {e}"))?
+}
+
+/// Creates the topics that are missing, with the brokers' default partitions and replication.
+/// Existing topics are left as they are.
+pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)
+        .create()
+        .map_err(|e| anyhow::anyhow!("cannot create Kafka admin client: {e}"))?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, -1, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// `/ready` check of the brokers, through the shared producer's connections.
+pub struct BrokerCheck(pub FutureProducer);
+
+impl ReadinessCheck for BrokerCheck {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(check_brokers(&self.0, Duration::from_secs(2)))
+    }
+}
+
+/// Start-up check with the longer timeout.
+pub async fn wait_for_brokers(producer: &FutureProducer) -> anyhow::Result<()> {
+    check_brokers(producer, METADATA_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Kafka (KAFKA_BROKERS): {e}"))
+}

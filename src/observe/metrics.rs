@@ -1,0 +1,168 @@
+//! Every metric of the service, in one registry per service instance (so tests can run several
+//! instances in one process), exported in Prometheus text format on `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Device profile events read from Kafka.
+    pub profile_events_consumed: IntCounter,
+    /// Devices written to both stores (after merging the events of a batch per device).
+    pub profile_devices_upserted: IntCounter,
+    /// Events sent to the dead-letter topic, by reason kind.
+    pub profile_events_dead_lettered: IntCounterVec,
+    /// Unknown fields seen in device profile events (ignored, never an error).
+    pub profile_unknown_fields: IntCounter,
+    /// Store write retries, by store.
+    pub store_write_retries: IntCounterVec,
+    /// Events per processed batch.
+    pub profile_batch_size: Histogram,
+    /// Seconds from the Kafka record timestamp to both stores acknowledging it.
+    pub profile_end_to_end_seconds: Histogram,
+    /// Refresh runs, by outcome (`succeeded`, `failed`).
+    pub refresh_runs: IntCounterVec,
+    /// Devices in the current customer cache.
+    pub cache_devices: IntGauge,
+    /// Duration of refresh runs.
+    pub refresh_duration_seconds: Histogram,
+    /// HTTP calls to the external APIs, by api and outcome.
+    pub api_requests: IntCounterVec,
+    /// Cache requests answered, by status code.
+    pub get_requests: IntCounterVec,
+    /// Cache requests that could not be answered at all, by reason.
+    pub get_failures: IntCounterVec,
+    /// Seconds to answer a cache request.
+    pub get_duration_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("hawkeye_customer_cache".into()), None)?;
+        let metrics = Metrics {
+            profile_events_consumed: IntCounter::new(
+                "profile_events_consumed_total",
+                "Device profile events read from Kafka",
+            )?,
+            profile_devices_upserted: IntCounter::new(
+                "profile_devices_upserted_total",
+                "Device upserts acknowledged by both Redis and Cassandra",
+            )?,
+            profile_events_dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "profile_events_dead_lettered_total",
+                    "Device profile events sent to the dead-letter topic",
+                ),
+                &["reason"],
+            )?,
+            profile_unknown_fields: IntCounter::new(
+                "profile_unknown_fields_total",
+                "Unknown fields in device profile events (ignored)",
+            )?,
+            store_write_retries: IntCounterVec::new(
+                Opts::new(
+                    "store_write_retries_total",
+                    "Store writes retried after a failure",
+                ),
+                &["store"],
+            )?,
+            profile_batch_size: Histogram::with_opts(
+                HistogramOpts::new("profile_batch_size", "Events per processed batch").buckets(
+                    vec![
+                        1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+                    ],
+                ),
+            )?,
+            profile_end_to_end_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "profile_end_to_end_seconds",
+                    "Seconds from the Kafka record timestamp to both stores acknowledging it",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+                ]),
+            )?,
+            refresh_runs: IntCounterVec::new(
+                Opts::new("refresh_runs_total", "Customer cache refresh runs"),
+                &["outcome"],
+            )?,
+            cache_devices: IntGauge::new("cache_devices", "Devices in the current customer cache")?,
+            refresh_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("refresh_duration_seconds", "Duration of refresh runs")
+                    .buckets(vec![0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+            )?,
+            api_requests: IntCounterVec::new(
+                Opts::new("api_requests_total", "HTTP calls to Hawkeye and Bruin"),
+                &["api", "outcome"],
+            )?,
+            get_requests: IntCounterVec::new(
+                Opts::new("get_requests_total", "Cache requests answered, by status"),
+                &["status"],
+            )?,
+            get_failures: IntCounterVec::new(
+                Opts::new(
+                    "get_failures_total",
+                    "Cache requests that could not be answered",
+                ),
+                &["reason"],
+            )?,
+            get_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("get_duration_seconds", "Seconds to answer a cache request")
+                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                &["status"],
+            )?,
+            registry,
+        };
+        metrics.register_all()?;
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.profile_events_consumed.clone()),
+            Box::new(self.profile_devices_upserted.clone()),
+            Box::new(self.profile_events_dead_lettered.clone()),
+            Box::new(self.profile_unknown_fields.clone()),
+            Box::new(self.store_write_retries.clone()),
+            Box::new(self.profile_batch_size.clone()),
+            Box::new(self.profile_end_to_end_seconds.clone()),
+            Box::new(self.refresh_runs.clone()),
+            Box::new(self.cache_devices.clone()),
+            Box::new(self.refresh_duration_seconds.clone()),
+            Box::new(self.api_requests.clone()),
+            Box::new(self.get_requests.clone()),
+            Box::new(self.get_failures.clone()),
+            Box::new(self.get_duration_seconds.clone()),
+        ];
+        collectors
+            .into_iter()
+            .try_for_each(|collector| self.registry.register(collector))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_the_service_prefix() {
+        let metrics = Metrics::new().unwrap();
+        metrics.profile_events_consumed.inc_by(3);
+        metrics.get_requests.with_label_values(&["200"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("hawkeye_customer_cache_profile_events_consumed_total 3"));
+        assert!(text.contains("hawkeye_customer_cache_get_requests_total{status=\"200\"} 1"));
+    }
+}

@@ -1,0 +1,6 @@
+//! Device profiles: the update every writer produces (events and the refresh), and the rules
+//! that make writes order-independent.
+
+pub mod update;
+
+pub use update::{LastContact, ProfileUpdate, TextField};

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests: the stack's endpoints, unique names, and the
+//! service binary run as a child process.
+
+pub mod service;
+
+pub use service::ServiceProcess;
+
+/// Endpoints of the local stack, from the environment `scripts/stack env` prints.
+pub struct Stack {
+    pub kafka_brokers: String,
+    pub redis_url: String,
+    pub cassandra_nodes: String,
+}
+
+pub fn stack() -> Stack {
+    let read = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: integration tests need the local stack; run scripts/test, \
+                 or `scripts/stack up && eval \"$(scripts/stack env)\"` before cargo test"
+            )
+        })
+    };
+    Stack {
+        kafka_brokers: read("KAFKA_BROKERS"),
+        redis_url: read("REDIS_URL"),
+        cassandra_nodes: read("CASSANDRA_NODES"),
+    }
+}
+
+/// A name no other test (or earlier run) uses: topics, groups, key prefixes, keyspaces.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("no free port on loopback")
+}
+
+pub async fn cassandra_session() -> scylla::client::session::Session {
+    let nodes: Vec<String> = stack()
+        .cassandra_nodes
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&nodes)
+        .build()
+        .await
+        .expect("cannot connect to the stack's Cassandra")
+}

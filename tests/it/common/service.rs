@@ -1,0 +1,178 @@
+//! The service binary as a child process, configured for one test's own topics and keys.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use super::{free_port, stack, unique};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_hawkeye-customer-cache");
+
+/// The environment of one isolated service instance: its own topics, group, Redis prefixes,
+/// HTTP port. Tests change entries before `start`.
+pub fn isolated_env() -> HashMap<String, String> {
+    let stack = stack();
+    let run = unique("t");
+    let mut env = HashMap::new();
+    let mut set = |key: &str, value: String| {
+        env.insert(key.to_string(), value);
+    };
+    set("KAFKA_BROKERS", stack.kafka_brokers);
+    set("REDIS_URL", stack.redis_url);
+    set("CASSANDRA_NODES", stack.cassandra_nodes);
+    set("CASSANDRA_KEYSPACE", "hcc_test".into());
+    set("KAFKA_GROUP_ID", format!("{run}.group"));
+    set("ENVIRONMENT_NAME", run.clone());
+    set("REDIS_DEVICE_KEY_PREFIX", format!("{run}:device:"));
+    for (variable, topic) in [
+        ("TOPIC_PROFILE_UPDATES", "profile.updates"),
+        ("TOPIC_PROFILE_DLQ", "profile.updates.dlq"),
+        ("TOPIC_REFRESH", "refresh"),
+        ("TOPIC_GET", "get"),
+        ("TOPIC_REPLY", "reply"),
+        ("TOPIC_NOTIFICATIONS", "notifications"),
+    ] {
+        set(variable, format!("{run}.{topic}"));
+    }
+    set("HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
+    // No API is reachable here: tests that refresh point these at the simulator.
+    set("HAWKEYE_BASE_URL", "http://127.0.0.1:9/".into());
+    set("HAWKEYE_USERNAME", "user".into());
+    set("HAWKEYE_PASSWORD", "hawkeye-secret".into());
+    set("BRUIN_BASE_URL", "http://127.0.0.1:9/".into());
+    set("BRUIN_LOGIN_URL", "http://127.0.0.1:9/".into());
+    set("BRUIN_CLIENT_ID", "client".into());
+    set("BRUIN_CLIENT_SECRET", "bruin-secret".into());
+    set("RUST_LOG", "info".into());
+    env
+}
+
+/// A running service. Its stderr is collected line by line; dropping it kills the process.
+pub struct ServiceProcess {
+    child: Child,
+    pub env: HashMap<String, String>,
+    stderr: mpsc::UnboundedReceiver<String>,
+    pub log: Vec<String>,
+}
+
+impl ServiceProcess {
+    pub fn start(env: HashMap<String, String>) -> Self {
+        let mut child = Command::new(BINARY)
+            .arg("run")
+            .env_clear()
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start the service binary");
+        let (lines_out, stderr) = mpsc::unbounded_channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if lines_out.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ServiceProcess {
+            child,
+            env,
+            stderr,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.env["HTTP_ADDR"])
+    }
+
+    /// Waits until `/ready` answers 200, or panics with the service's log.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(response) = client.get(self.http_url("/ready")).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.drain_log();
+                panic!(
+                    "service exited with {status} before ready:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                self.drain_log();
+                panic!(
+                    "service not ready after {timeout:?}:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .expect("cannot run kill");
+            assert!(sent.success(), "kill -TERM {pid} failed");
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("service did not stop within 60 s of SIGTERM")
+            .expect("wait on the service");
+        self.drain_log_until_closed().await;
+        status
+    }
+
+    /// Moves the stderr lines received so far into `log`.
+    pub fn drain_log(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+    }
+
+    async fn drain_log_until_closed(&mut self) {
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.stderr.recv()).await
+        {
+            self.log.push(line);
+        }
+    }
+}
+
+/// Runs the binary to completion with `env` and returns its exit code and stderr lines.
+pub async fn run_to_exit(env: &HashMap<String, String>, timeout: Duration) -> (i32, Vec<String>) {
+    let output = tokio::time::timeout(
+        timeout,
+        Command::new(BINARY)
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the service did not exit in time")
+    .expect("cannot run the service binary");
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (output.status.code().unwrap_or(-1), stderr)
+}
