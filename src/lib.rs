@@ -1,6 +1,7 @@
 //! hawkeye-customer-cache: an event-driven Kafka stream processor that keeps the Hawkeye/Bruin
 //! customer cache and pushes device profile updates into Redis and Cassandra.
 
+pub mod apis;
 pub mod cache;
 pub mod config;
 pub mod kafka;
@@ -8,4 +9,5 @@ pub mod observe;
 pub mod profile;
 pub mod service;
 pub mod shutdown;
+pub mod sim;
 pub mod stores;

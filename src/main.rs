@@ -4,10 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use hawkeye_customer_cache::cache::{client, trigger};
 use hawkeye_customer_cache::config::{
     ApiArgs, ConfigError, HttpArgs, KafkaArgs, RefreshArgs, ServeArgs, StoreArgs,
 };
+use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
+use hawkeye_customer_cache::sim::{SimConfig, Simulator};
 use hawkeye_customer_cache::{observe, shutdown};
 
 #[derive(Parser)]
@@ -21,6 +24,68 @@ struct Cli {
 enum Command {
     /// Run the service: profile push, cache refresh and cache requests.
     Run(Box<RunArgs>),
+    /// Ask the running service for a customer cache refresh; prints the trigger's request_id,
+    /// which the refresh_succeeded / refresh_failed notification echoes.
+    Refresh(Box<KafkaArgs>),
+    /// Ask the running service for the customer cache; prints the reply's JSON (chunks
+    /// joined). Exit code 0 on a 2xx status, 1 on another status, 2 without a reply.
+    Get(Box<GetArgs>),
+    /// Device profile tools for operators.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Serve a simulated Hawkeye/Ixia + Bruin API (docs/simulator.md) until SIGINT/SIGTERM;
+    /// prints the settings that point the service at it.
+    Sim(Box<SimArgs>),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[command(flatten)]
+    config: SimConfig,
+    /// Address to listen on.
+    #[arg(long, env = "SIM_ADDR", default_value = "127.0.0.1:8700")]
+    addr: String,
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Produce device profile events (JSON objects, one per line) to TOPIC_PROFILE_UPDATES,
+    /// keyed by device_id; prints how many were sent.
+    Publish(Box<PublishArgs>),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// File of events, or `-` for standard input.
+    #[arg(default_value = "-")]
+    file: String,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Only devices whose last contact is strictly after this datetime (RFC 3339, or a naive
+    /// datetime read in the service's TIMEZONE).
+    #[arg(long)]
+    last_contact_filter: Option<String>,
+    /// Seconds to wait for the whole reply.
+    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    timeout: std::time::Duration,
+    /// Topic to receive the reply on [default: TOPIC_REPLY].
+    #[arg(long)]
+    reply_topic: Option<String>,
+}
+
+fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => {
+            Ok(std::time::Duration::from_secs_f64(seconds))
+        }
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -84,6 +149,114 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Refresh(args) => refresh(&runtime, &args),
+        Command::Get(args) => get(&runtime, &args),
+        Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
+        Command::Sim(args) => simulate(&runtime, *args),
+    }
+}
+
+/// `sim`: serves the simulator until a signal; the env lines go to stdout for `eval`/`.env`.
+fn simulate(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
+    runtime.block_on(async {
+        let token = match shutdown::on_signal() {
+            Ok(token) => token,
+            Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+        };
+        let devices = args.config.devices;
+        let running = match Simulator::start(args.config, &args.addr).await {
+            Ok(running) => running,
+            Err(e) => return fail(&e.to_string()),
+        };
+        eprintln!(
+            "simulator serving {devices} devices at {}",
+            running.base_url()
+        );
+        for line in running.env_lines() {
+            println!("{line}");
+        }
+        token.cancelled().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Exit code of `get` when no reply came (timeout, Kafka unreachable).
+const EXIT_NO_REPLY: u8 = 2;
+
+/// `get`: one cache request; the reply's JSON on stdout.
+fn get(runtime: &tokio::runtime::Runtime, args: &GetArgs) -> ExitCode {
+    let settings = match args.kafka.validate() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_SETTING);
+        }
+    };
+    let options = client::GetOptions {
+        last_contact_filter: args.last_contact_filter.clone(),
+        timeout: args.timeout,
+        reply_topic: args.reply_topic.clone(),
+    };
+    match runtime.block_on(client::get(&settings, &options)) {
+        Ok(answer) => {
+            println!("{}", answer.json);
+            if (200..300).contains(&answer.status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            fail(&e.to_string());
+            ExitCode::from(EXIT_NO_REPLY)
+        }
+    }
+}
+
+/// `refresh`: publishes one trigger on `TOPIC_REFRESH` and prints its request_id on stdout.
+fn refresh(runtime: &tokio::runtime::Runtime, args: &KafkaArgs) -> ExitCode {
+    let settings = match args.validate() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_SETTING);
+        }
+    };
+    match runtime.block_on(trigger::send_trigger(&settings)) {
+        Ok(request_id) => {
+            println!("{request_id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+/// `profile publish`: sends the events of a file (or stdin) and prints how many were sent.
+fn publish_profiles(runtime: &tokio::runtime::Runtime, args: &PublishArgs) -> ExitCode {
+    let settings = match args.kafka.validate() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_SETTING);
+        }
+    };
+    let sent = if args.file == "-" {
+        runtime.block_on(publish::publish(&settings, std::io::stdin().lock()))
+    } else {
+        match std::fs::File::open(&args.file) {
+            Ok(file) => {
+                runtime.block_on(publish::publish(&settings, std::io::BufReader::new(file)))
+            }
+            Err(e) => return fail(&format!("cannot open {}: {e}", args.file)),
+        }
+    };
+    match sent {
+        Ok(count) => {
+            println!("sent {count} events to {}", settings.topics.profile_updates);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{e:#}")),
     }
 }
 

@@ -1,5 +1,10 @@
 //! The Kafka edges of the service: client configuration, the shared producer, topic set-up.
 
+pub mod consumer;
+pub mod dead_letters;
+pub mod notifications;
+pub mod request_reply;
+
 use std::time::Duration;
 
 use futures::future::BoxFuture;

@@ -1,15 +1,21 @@
 //! Cassandra/ScyllaDB: session, keyspace and `device_profile` table creation.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue};
 
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::observe::http::ReadinessCheck;
+use crate::profile::{ProfileUpdate, TextField};
 
 /// The CQL of the table, kept in `schemas/` for operators and applied by the service.
 pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
@@ -92,11 +98,239 @@ impl CassandraStore {
     }
 }
 
+/// Device batches in flight at once per upsert call.
+const PROFILE_WRITES_IN_FLIGHT: usize = 64;
+
+/// The non-text columns of `device_profile` that updates write.
+const OTHER_COLUMNS: [&str; 9] = [
+    "client_id",
+    "site_id",
+    "uaspec",
+    "device_spec",
+    "first_access",
+    "api_last_updated_on",
+    "updated_date",
+    "user_declared_on",
+    "last_contact",
+];
+
+/// Writes device profiles into `device_profile`: one unlogged single-partition batch per
+/// device whose cell timestamps encode the per-field rules, so no read and no lightweight
+/// transaction is needed (docs/architecture.md, "Device profile push").
+#[derive(Clone)]
+pub struct ProfileWriter {
+    session: Arc<Session>,
+    /// One `UPDATE … USING TIMESTAMP ? SET column = ?` per column, prepared once.
+    statements: Arc<BTreeMap<&'static str, PreparedStatement>>,
+}
+
+impl ProfileWriter {
+    pub async fn prepare(store: &CassandraStore) -> Result<Self, StoreError> {
+        let columns = TextField::ALL
+            .iter()
+            .map(|field| field.name())
+            .chain(OTHER_COLUMNS);
+        let mut statements = BTreeMap::new();
+        for column in columns {
+            let cql = format!(
+                "UPDATE {}.device_profile USING TIMESTAMP ? SET {column} = ? WHERE device_id = ?",
+                store.keyspace
+            );
+            let prepared = store.session.prepare(cql).await.map_err(|e| {
+                StoreError::cassandra(&format!("cannot prepare the update of {column}"), e)
+            })?;
+            statements.insert(column, prepared);
+        }
+        Ok(ProfileWriter {
+            session: store.session.clone(),
+            statements: Arc::new(statements),
+        })
+    }
+
+    /// Writes every update: one batch per device, at most `PROFILE_WRITES_IN_FLIGHT` at a time.
+    pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<(), StoreError> {
+        let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
+        for update in updates {
+            by_device.entry(&update.device_id).or_default().push(update);
+        }
+        // Built up front rather than in a stream closure, which keeps the future `Send` for
+        // every caller's lifetimes.
+        let writes: Vec<_> = by_device
+            .into_iter()
+            .map(|(device_id, updates)| self.upsert_device(device_id, updates))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(PROFILE_WRITES_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// One unlogged batch of every cell of one device's updates: a single-partition mutation.
+    async fn upsert_device(
+        &self,
+        device_id: &str,
+        updates: Vec<&ProfileUpdate>,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::new();
+        for cell in updates.into_iter().flat_map(profile_cells) {
+            let statement = self.statements.get(cell.column).ok_or_else(|| {
+                StoreError::Cassandra(format!("no prepared update for column {}", cell.column))
+            })?;
+            batch.append_statement(statement.clone());
+            values.push((cell.timestamp, cell.value, device_id));
+        }
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| StoreError::cassandra("cannot write device_profile", e))?;
+        Ok(())
+    }
+}
+
+/// One column write: the cell timestamp makes Cassandra's last-write-wins apply the field's rule.
+#[derive(Debug, Clone, PartialEq)]
+struct Cell {
+    column: &'static str,
+    timestamp: i64,
+    value: CqlValue,
+}
+
+/// Cell timestamp of "the highest version wins": the version in microseconds.
+fn newest_wins(version_ms: i64) -> i64 {
+    version_ms.saturating_mul(1000)
+}
+
+/// Cell timestamp of "the smallest value wins": smaller values get larger timestamps.
+fn smallest_wins(value: i64) -> i64 {
+    i64::MAX.saturating_sub(value.max(0))
+}
+
+fn profile_cells(update: &ProfileUpdate) -> Vec<Cell> {
+    let newest = newest_wins(update.version);
+    let cell = |column, timestamp, value| Cell {
+        column,
+        timestamp,
+        value,
+    };
+    let mut cells: Vec<Cell> = update
+        .text
+        .iter()
+        .map(|(field, text)| cell(field.name(), newest, CqlValue::Text(text.clone())))
+        .collect();
+    let integers = [("client_id", update.client_id), ("site_id", update.site_id)];
+    cells.extend(
+        integers
+            .into_iter()
+            .filter_map(|(column, value)| Some(cell(column, newest, CqlValue::BigInt(value?)))),
+    );
+    let specs = [
+        ("uaspec", &update.uaspec),
+        ("device_spec", &update.device_spec),
+    ];
+    cells.extend(
+        specs
+            .into_iter()
+            .filter_map(|(column, spec)| Some(cell(column, newest, text_map(spec.as_ref()?)))),
+    );
+    if let Some(updated_on) = update.api_last_updated_on {
+        cells.push(cell("api_last_updated_on", newest, timestamp(updated_on)));
+    }
+    // The time of the change as its source ordered it, so a replay writes the same value.
+    cells.push(cell("updated_date", newest, timestamp(update.version)));
+    if let Some(first_access) = update.first_access {
+        cells.push(cell(
+            "first_access",
+            smallest_wins(first_access),
+            timestamp(first_access),
+        ));
+    }
+    if let Some(declared_on) = update.user_declared_on() {
+        cells.push(cell(
+            "user_declared_on",
+            smallest_wins(declared_on),
+            timestamp(declared_on),
+        ));
+    }
+    if let Some(contact) = &update.last_contact {
+        let instant = CqlValue::Timestamp(CqlTimestamp(contact.at.timestamp_millis()));
+        cells.push(cell("last_contact", contact.at.timestamp_micros(), instant));
+    }
+    cells
+}
+
+fn timestamp(epoch_ms: i64) -> CqlValue {
+    CqlValue::Timestamp(CqlTimestamp(epoch_ms))
+}
+
+fn text_map(map: &BTreeMap<String, String>) -> CqlValue {
+    CqlValue::Map(
+        map.iter()
+            .map(|(key, value)| (CqlValue::Text(key.clone()), CqlValue::Text(value.clone())))
+            .collect(),
+    )
+}
+
 impl ReadinessCheck for CassandraStore {
     fn name(&self) -> &'static str {
         "cassandra"
     }
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.ping().await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::LastContact;
+
+    fn cell_of<'a>(cells: &'a [Cell], column: &str) -> &'a Cell {
+        cells.iter().find(|cell| cell.column == column).unwrap()
+    }
+
+    #[test]
+    fn cell_timestamps_encode_each_field_rule() {
+        let update = ProfileUpdate {
+            device_id: "d".into(),
+            version: 1_650_000_000_000,
+            text: [(TextField::UserDeclaredState, "KA".to_string())].into(),
+            client_id: Some(9994),
+            uaspec: Some([("a".to_string(), "b".to_string())].into()),
+            first_access: Some(1_600_000_000_000),
+            last_contact: Some(LastContact {
+                at: chrono::DateTime::from_timestamp_micros(1_604_584_627_123_456).unwrap(),
+                text: "2020-11-05T13:57:07.123456Z".into(),
+            }),
+            ..ProfileUpdate::default()
+        };
+        let cells = profile_cells(&update);
+        let newest = 1_650_000_000_000_000;
+        assert_eq!(cell_of(&cells, "user_declared_state").timestamp, newest);
+        assert_eq!(cell_of(&cells, "client_id").value, CqlValue::BigInt(9994));
+        assert_eq!(cell_of(&cells, "uaspec").timestamp, newest);
+        assert_eq!(
+            cell_of(&cells, "updated_date").value,
+            timestamp(update.version)
+        );
+        let first_access = cell_of(&cells, "first_access");
+        assert_eq!(first_access.timestamp, i64::MAX - 1_600_000_000_000);
+        assert_eq!(first_access.value, timestamp(1_600_000_000_000));
+        assert_eq!(
+            cell_of(&cells, "user_declared_on").timestamp,
+            i64::MAX - update.version
+        );
+        let contact = cell_of(&cells, "last_contact");
+        assert_eq!(contact.timestamp, 1_604_584_627_123_456);
+        assert_eq!(contact.value, timestamp(1_604_584_627_123));
+        assert!(!cells
+            .iter()
+            .any(|cell| cell.column == "site_id" || cell.column == "device_spec"));
+    }
+
+    #[test]
+    fn an_earlier_first_access_gets_the_later_cell_timestamp() {
+        assert!(smallest_wins(1_000) > smallest_wins(2_000));
+        assert!(newest_wins(2_000) > newest_wins(1_000));
     }
 }

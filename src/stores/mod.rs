@@ -1,9 +1,11 @@
 //! Adapters of the two stores the service writes: Redis and Cassandra/ScyllaDB.
 
 pub mod cassandra;
+pub mod profiles;
 pub mod redis;
 
 pub use self::cassandra::CassandraStore;
+pub use self::profiles::ProfileStores;
 pub use self::redis::RedisStore;
 
 /// A store call that failed. Texts never include credentials.

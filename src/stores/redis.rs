@@ -1,12 +1,15 @@
 //! Redis: connection with automatic reconnection, shared by every task.
 
+use chrono::DateTime;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, Script, ServerErrorKind};
 use std::time::Duration;
 
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::observe::http::ReadinessCheck;
+use crate::profile::{LastContact, ProfileUpdate};
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -48,6 +51,159 @@ impl RedisStore {
     pub fn device_key(&self, device_id: &str) -> String {
         format!("{}{device_id}", self.device_key_prefix)
     }
+
+    /// Key of the companion hash holding the per-field versions of one device.
+    pub fn device_versions_key(&self, device_id: &str) -> String {
+        format!("versions:{}{device_id}", self.device_key_prefix)
+    }
+}
+
+/// Writes device profiles into Redis with the upsert script, loaded once and invoked by its
+/// SHA in one pipeline per batch.
+#[derive(Clone)]
+pub struct ProfileWriter {
+    store: RedisStore,
+    script: Script,
+}
+
+impl ProfileWriter {
+    /// Loads the script on the server so that pipelines can call it by SHA.
+    pub async fn load(store: RedisStore) -> Result<Self, StoreError> {
+        let writer = ProfileWriter {
+            store,
+            script: Script::new(include_str!("profile_upsert.lua")),
+        };
+        writer.load_script().await?;
+        Ok(writer)
+    }
+
+    async fn load_script(&self) -> Result<(), StoreError> {
+        let mut connection = self.store.connection();
+        self.script
+            .prepare_invoke()
+            .load_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Upserts every update (one script call each, pipelined) and returns each device's
+    /// `last_contact` as stored afterwards.
+    pub async fn upsert(
+        &self,
+        updates: &[ProfileUpdate],
+    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored = match self.run_pipeline(updates).await {
+            // A restarted or flushed server forgot the script: load it again and repeat.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.load_script().await?;
+                self.run_pipeline(updates).await?
+            }
+            result => result?,
+        };
+        Ok(stored.into_iter().map(stored_last_contact).collect())
+    }
+
+    async fn run_pipeline(
+        &self,
+        updates: &[ProfileUpdate],
+    ) -> redis::RedisResult<Vec<Vec<String>>> {
+        let mut pipeline = redis::pipe();
+        for update in updates {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(self.store.device_key(&update.device_id))
+                .key(self.store.device_versions_key(&update.device_id))
+                .arg(script_arguments(update));
+            pipeline.invoke_script(&invocation);
+        }
+        let mut connection = self.store.connection();
+        pipeline.query_async(&mut connection).await
+    }
+}
+
+/// How the script resolves one field (see `profile_upsert.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Text,
+    Int,
+    Min,
+    LastContact,
+}
+
+impl Rule {
+    fn name(self) -> &'static str {
+        match self {
+            Rule::Text => "text",
+            Rule::Int => "int",
+            Rule::Min => "min",
+            Rule::LastContact => "lc",
+        }
+    }
+}
+
+/// The script's ARGV for one update: version, last contact micros, then (rule, field, value).
+fn script_arguments(update: &ProfileUpdate) -> Vec<String> {
+    let contact_micros = update
+        .last_contact
+        .as_ref()
+        .map(|contact| contact.at.timestamp_micros().to_string())
+        .unwrap_or_default();
+    let mut arguments = vec![update.version.to_string(), contact_micros];
+    for (rule, field, value) in hash_fields(update) {
+        arguments.extend([rule.name().to_string(), field.to_string(), value]);
+    }
+    arguments
+}
+
+/// The hash fields an update carries, named as readers expect (`CONTRACT.md` §3).
+fn hash_fields(update: &ProfileUpdate) -> Vec<(Rule, &'static str, String)> {
+    let mut fields: Vec<(Rule, &'static str, String)> = update
+        .text
+        .iter()
+        .map(|(field, value)| (Rule::Text, field.name(), value.clone()))
+        .collect();
+    let integers = [
+        ("client_id", update.client_id),
+        ("site_id", update.site_id),
+        ("api_last_updated_on", update.api_last_updated_on),
+    ];
+    fields.extend(
+        integers
+            .into_iter()
+            .filter_map(|(name, value)| Some((Rule::Int, name, value?.to_string()))),
+    );
+    let specs = [
+        ("uaspec", &update.uaspec),
+        ("devicespec", &update.device_spec),
+    ];
+    fields.extend(specs.into_iter().filter_map(|(name, spec)| {
+        // A BTreeMap of strings always serializes; its sorted keys make the text canonical.
+        let text = serde_json::to_string(spec.as_ref()?).ok()?;
+        Some((Rule::Text, name, text))
+    }));
+    let earliest = [
+        ("firstaccess", update.first_access),
+        ("user_declared_on", update.user_declared_on()),
+    ];
+    fields.extend(
+        earliest
+            .into_iter()
+            .filter_map(|(name, value)| Some((Rule::Min, name, value?.to_string()))),
+    );
+    if let Some(contact) = &update.last_contact {
+        fields.push((Rule::LastContact, "last_contact", contact.text.clone()));
+    }
+    fields
+}
+
+/// The script's answer: `[text, micros]` when the device has a last contact.
+fn stored_last_contact(answer: Vec<String>) -> Option<LastContact> {
+    let [text, micros] = <[String; 2]>::try_from(answer).ok()?;
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some(LastContact { at, text })
 }
 
 impl ReadinessCheck for RedisStore {
@@ -56,5 +212,72 @@ impl ReadinessCheck for RedisStore {
     }
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.ping().await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::TextField;
+
+    #[test]
+    fn script_arguments_carry_the_version_and_a_rule_per_field() {
+        let update = ProfileUpdate {
+            device_id: "d".into(),
+            version: 42,
+            text: [
+                (TextField::State, "Karnataka's".to_string()),
+                (TextField::UserDeclaredState, "KA".to_string()),
+            ]
+            .into(),
+            site_id: Some(2048),
+            device_spec: Some([("os".to_string(), "Android".to_string())].into()),
+            first_access: Some(7),
+            last_contact: Some(LastContact {
+                at: DateTime::from_timestamp_micros(1_000_001).unwrap(),
+                text: "1970-01-01T00:00:01.000001Z".into(),
+            }),
+            ..ProfileUpdate::default()
+        };
+        let expected: Vec<String> = [
+            "42",
+            "1000001",
+            "text",
+            "state",
+            "Karnataka's",
+            "text",
+            "user_declared_state",
+            "KA",
+            "int",
+            "site_id",
+            "2048",
+            "text",
+            "devicespec",
+            r#"{"os":"Android"}"#,
+            "min",
+            "firstaccess",
+            "7",
+            "min",
+            "user_declared_on",
+            "42",
+            "lc",
+            "last_contact",
+            "1970-01-01T00:00:01.000001Z",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(script_arguments(&update), expected);
+    }
+
+    #[test]
+    fn the_script_answer_becomes_the_stored_last_contact() {
+        let answer = vec![
+            "2020-11-05T13:57:07Z".to_string(),
+            "1604584627000000".to_string(),
+        ];
+        let contact = stored_last_contact(answer).unwrap();
+        assert_eq!(contact.text, "2020-11-05T13:57:07Z");
+        assert_eq!(contact.at.timestamp(), 1_604_584_627);
+        assert_eq!(stored_last_contact(Vec::new()), None);
     }
 }

@@ -4,4 +4,24 @@
 
 mod common;
 
+mod apis_bruin;
+mod apis_hawkeye;
+mod get_chunks;
+mod get_clients;
+mod get_filters;
+mod get_freshness;
+mod get_reply_route;
+mod get_status;
+mod profile_dead_letters;
+mod profile_order;
+mod profile_restart;
+mod profile_store_outage;
+mod profile_upsert;
+mod refresh_atomicity;
+mod refresh_cache;
+mod refresh_failures;
+mod refresh_instances;
+mod refresh_publish;
+mod refresh_shutdown;
+mod refresh_triggers;
 mod startup;

@@ -1,6 +1,12 @@
 //! Helpers shared by the integration tests: the stack's endpoints, unique names, and the
 //! service binary run as a child process.
 
+pub mod apis;
+pub mod cache_fixture;
+pub mod profiles;
+pub mod proxy;
+pub mod refresh;
+pub mod request_reply;
 pub mod service;
 
 pub use service::ServiceProcess;

@@ -1,0 +1,540 @@
+//! One customer cache refresh (`CONTRACT.md` §4): probes from Hawkeye, each contacted device
+//! checked in Bruin (concurrently, bounded), the kept devices upserted into the profile stores,
+//! then the new cache published atomically. A refresh that fails leaves the live cache as it
+//! was. Every run ends with a log summary, metrics and notifications (§6).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::{self, StreamExt};
+use redis::aio::ConnectionManager;
+
+use super::keys::CacheKeys;
+use super::publish::{self, Generation, PublishError, RefreshLock};
+use super::rules::{self, ClientInfo, DropReason, KeptDevice};
+use crate::apis::{ApiError, BruinClient, HawkeyeClient, Probe, RetryPolicy};
+use crate::config::RefreshSettings;
+use crate::kafka::notifications::{Notification, Notifier, Requests};
+use crate::observe::Metrics;
+use crate::profile::{LastContact, ProfileUpdate};
+use crate::stores::{ProfileStores, StoreError};
+
+/// Devices per call to the profile stores.
+const PROFILE_CHUNK: usize = 1000;
+/// Calls per profile chunk before the refresh fails (the writes are idempotent).
+const PROFILE_ATTEMPTS: u32 = 3;
+
+/// Waits between failed probe fetches: about 1, 2, 4, 8, 16 s, then 30 s.
+fn probe_fetch_backoff(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Why a refresh failed; the text is the `reason` of `refresh_failed`.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("probes unavailable after {attempts} attempts: {last_error}")]
+    ProbesUnavailable { attempts: u32, last_error: String },
+    #[error(
+        "{errors} of {contacted} contacted devices could not be checked in Bruin \
+         (more than the allowed ratio {max_ratio}); last error: {last_error}"
+    )]
+    TooManyBruinErrors {
+        errors: usize,
+        contacted: usize,
+        max_ratio: f64,
+        last_error: String,
+    },
+    #[error("cannot write the device profiles: {0}")]
+    Profiles(#[from] StoreError),
+    #[error("cannot write the staging cache: {0}")]
+    Staging(#[source] redis::RedisError),
+    #[error("cannot publish the cache: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// What a successful refresh did, for the log, the metrics and `refresh_succeeded`.
+#[derive(Debug, Default)]
+pub struct Crossing {
+    pub probes: usize,
+    /// Probes with a last contact: the devices checked in Bruin.
+    pub contacted: usize,
+    pub dropped: BTreeMap<DropReason, usize>,
+    /// Contacted devices that could not be checked because of errors.
+    pub errors: usize,
+    pub last_error: Option<String>,
+    /// Serials with several active inventories: every client, the first one used.
+    pub multiple_inventories: BTreeMap<String, Vec<ClientInfo>>,
+    /// Kept devices in probe order, one per serial number.
+    pub kept: Vec<KeptDevice>,
+}
+
+/// The Bruin verdict on one contacted device.
+enum Verdict {
+    Kept(Box<KeptDevice>),
+    Dropped(DropReason),
+    Failed(ApiError),
+}
+
+struct DeviceCheck {
+    /// Position of the probe in Hawkeye's list, to keep the result independent of which
+    /// Bruin answer came first.
+    index: usize,
+    verdict: Verdict,
+    multiple_inventories: Option<(String, Vec<ClientInfo>)>,
+}
+
+impl Crossing {
+    fn new(probes: usize) -> Self {
+        Crossing {
+            probes,
+            ..Crossing::default()
+        }
+    }
+
+    fn drop_device(&mut self, reason: DropReason) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+
+    /// Adds the checks of the contacted devices, in any order.
+    fn add_checks(&mut self, mut checks: Vec<DeviceCheck>) {
+        checks.sort_by_key(|check| check.index);
+        let mut serials = HashSet::new();
+        for check in checks {
+            self.contacted += 1;
+            if let Some((serial, clients)) = check.multiple_inventories {
+                self.multiple_inventories.insert(serial, clients);
+            }
+            match check.verdict {
+                // The cache is keyed by serial: a repeated serial keeps its first probe.
+                Verdict::Kept(device) if serials.insert(device.serial().to_string()) => {
+                    self.kept.push(*device)
+                }
+                Verdict::Kept(_) => {}
+                Verdict::Dropped(reason) => self.drop_device(reason),
+                Verdict::Failed(error) => {
+                    self.errors += 1;
+                    self.last_error = Some(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// More than `max_ratio` of the contacted devices could not be checked.
+    fn too_many_errors(&self, max_ratio: f64) -> bool {
+        self.errors as f64 > max_ratio * self.contacted as f64
+    }
+
+    /// One readable line: probes, contacted, kept, dropped per reason, errors.
+    fn summary(&self) -> String {
+        let dropped: Vec<String> = self
+            .dropped
+            .iter()
+            .map(|(reason, count)| format!("{}={count}", reason.name()))
+            .collect();
+        format!(
+            "{} probes, {} contacted, {} kept, dropped [{}], {} errors, {} serials with multiple inventories",
+            self.probes,
+            self.contacted,
+            self.kept.len(),
+            dropped.join(" "),
+            self.errors,
+            self.multiple_inventories.len()
+        )
+    }
+}
+
+/// Runs refreshes; shared by the trigger loop for the life of the service.
+pub struct Refresher {
+    pub hawkeye: HawkeyeClient,
+    pub bruin: BruinClient,
+    pub profiles: ProfileStores,
+    pub redis: ConnectionManager,
+    pub keys: CacheKeys,
+    pub settings: RefreshSettings,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+}
+
+impl Refresher {
+    /// Runs one refresh while `lock` is held, then reports it (log, metrics, notifications).
+    /// `run_id` names the generation and the staging hash. A run that loses the lock stops
+    /// at once and fails.
+    pub async fn run(&self, lock: &RefreshLock, run_id: &str, request_ids: Vec<String>) {
+        let started = Instant::now();
+        let attempts = AtomicU32::new(0);
+        let result = tokio::select! {
+            result = self.refresh(lock, run_id, Utc::now(), &attempts) => result,
+            () = lock.keep_alive() => Err(RefreshError::Publish(PublishError::LockLost)),
+        };
+        let attempts = attempts.load(Ordering::Relaxed);
+        self.report(
+            result,
+            attempts,
+            started.elapsed(),
+            Requests::new(request_ids),
+        )
+        .await;
+    }
+
+    async fn refresh(
+        &self,
+        lock: &RefreshLock,
+        run_id: &str,
+        started_at: DateTime<Utc>,
+        attempts: &AtomicU32,
+    ) -> Result<Crossing, RefreshError> {
+        let probes = self.fetch_probes(attempts).await?;
+        let crossing = self.check_devices(probes).await;
+        if crossing.too_many_errors(self.settings.bruin_max_error_ratio) {
+            return Err(RefreshError::TooManyBruinErrors {
+                errors: crossing.errors,
+                contacted: crossing.contacted,
+                max_ratio: self.settings.bruin_max_error_ratio,
+                last_error: crossing.last_error.clone().unwrap_or_default(),
+            });
+        }
+        let crossing = self
+            .upsert_profiles(crossing, started_at.timestamp_millis())
+            .await?;
+        self.publish(lock, run_id, started_at, &crossing).await?;
+        Ok(crossing)
+    }
+
+    /// Fetches every probe, trying up to `HAWKEYE_MAX_ATTEMPTS` times (counted in `attempts`).
+    /// An empty list counts as a failed attempt: an API fault must not empty the cache.
+    async fn fetch_probes(&self, attempts: &AtomicU32) -> Result<Vec<Probe>, RefreshError> {
+        let max_attempts = self.settings.hawkeye_max_attempts;
+        let backoff = probe_fetch_backoff(max_attempts);
+        loop {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let last_error = match self.hawkeye.fetch_probes().await {
+                Ok(probes) if !probes.is_empty() => return Ok(probes),
+                Ok(_) => "Hawkeye returned no probes".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if attempt >= max_attempts {
+                return Err(RefreshError::ProbesUnavailable {
+                    attempts: attempt,
+                    last_error,
+                });
+            }
+            let delay = backoff.delay(attempt, None, rand::random());
+            tracing::warn!(attempt, max_attempts, error = %last_error, delay_ms = delay.as_millis() as u64, "probe fetch failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Skips the never-contacted probes and checks the others in Bruin, at most
+    /// `BRUIN_CONCURRENCY` devices (each one call at a time) in flight.
+    async fn check_devices(&self, probes: Vec<Probe>) -> Crossing {
+        let mut crossing = Crossing::new(probes.len());
+        let mut contacted = Vec::new();
+        for (index, probe) in probes.into_iter().enumerate() {
+            match rules::last_contact(&probe) {
+                Some(last_contact) => contacted.push((index, probe, last_contact)),
+                None => crossing.drop_device(DropReason::NeverContacted),
+            }
+        }
+        let checks = stream::iter(contacted)
+            .map(|(index, probe, last_contact)| self.check_device(index, probe, last_contact))
+            .buffer_unordered(self.settings.bruin_concurrency)
+            .collect()
+            .await;
+        crossing.add_checks(checks);
+        crossing
+    }
+
+    async fn check_device(
+        &self,
+        index: usize,
+        probe: Probe,
+        last_contact: LastContact,
+    ) -> DeviceCheck {
+        let serial = probe.serial_number.clone();
+        let check = |verdict, multiple_inventories| DeviceCheck {
+            index,
+            verdict,
+            multiple_inventories,
+        };
+        let documents = match self.bruin.inventory(&serial).await {
+            Ok(documents) => documents,
+            Err(e) => return check(Verdict::Failed(e), None),
+        };
+        let active = rules::active_documents(&serial, &documents);
+        let Some(first) = active.first() else {
+            return check(Verdict::Dropped(DropReason::NoActiveInventory), None);
+        };
+        let client = ClientInfo::from(*first);
+        let multiple = (active.len() > 1).then(|| {
+            let clients = active.iter().map(|doc| ClientInfo::from(*doc)).collect();
+            (serial.clone(), clients)
+        });
+        let status = match self
+            .bruin
+            .management_status(&client.client_id, &serial)
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => return check(Verdict::Failed(e), multiple),
+        };
+        let verdict = match status {
+            Some(status) if rules::is_monitorable(&status, &self.settings.monitorable_statuses) => {
+                Verdict::Kept(Box::new(KeptDevice {
+                    probe,
+                    last_contact,
+                    client,
+                    management_status: status,
+                }))
+            }
+            _ => Verdict::Dropped(DropReason::NotMonitorable),
+        };
+        check(verdict, multiple)
+    }
+
+    /// Upserts every kept device into both profile stores, and takes back the last contact
+    /// they hold: a newer one pushed by a producer wins over the one Hawkeye reported.
+    async fn upsert_profiles(
+        &self,
+        mut crossing: Crossing,
+        version: i64,
+    ) -> Result<Crossing, RefreshError> {
+        for devices in crossing.kept.chunks_mut(PROFILE_CHUNK) {
+            let updates: Vec<ProfileUpdate> = devices
+                .iter()
+                .map(|device| device.profile_update(version))
+                .collect();
+            let stored = self.upsert_chunk(&updates).await?;
+            for (device, stored) in devices.iter_mut().zip(stored) {
+                if let Some(last_contact) = stored {
+                    device.last_contact = last_contact;
+                }
+            }
+        }
+        Ok(crossing)
+    }
+
+    async fn upsert_chunk(
+        &self,
+        updates: &[ProfileUpdate],
+    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.profiles.upsert(updates).await {
+                Ok(stored) => return Ok(stored),
+                Err(e) if attempt < PROFILE_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "profile upsert failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        lock: &RefreshLock,
+        run_id: &str,
+        started_at: DateTime<Utc>,
+        crossing: &Crossing,
+    ) -> Result<(), RefreshError> {
+        let staging = self.keys.staging(run_id);
+        let entries: Vec<(String, String)> = crossing
+            .kept
+            .iter()
+            .map(|device| {
+                (
+                    device.serial().to_string(),
+                    device.cache_entry().to_string(),
+                )
+            })
+            .collect();
+        let generation = Generation {
+            id: run_id.to_string(),
+            refreshed_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            devices: entries.len(),
+        };
+        let published = match publish::write_staging(self.redis.clone(), &staging, &entries).await {
+            Ok(()) => publish::publish(lock, &self.keys, &staging, &generation)
+                .await
+                .map_err(RefreshError::from),
+            Err(e) => Err(RefreshError::Staging(e)),
+        };
+        if published.is_err() {
+            if let Err(e) = publish::discard_staging(self.redis.clone(), &staging).await {
+                tracing::warn!(error = %e, "cannot remove the staging cache; it expires by itself");
+            }
+        }
+        published
+    }
+
+    async fn report(
+        &self,
+        result: Result<Crossing, RefreshError>,
+        attempts: u32,
+        duration: Duration,
+        requests: Requests,
+    ) {
+        self.metrics
+            .refresh_duration_seconds
+            .observe(duration.as_secs_f64());
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        match result {
+            Ok(crossing) => {
+                self.metrics
+                    .refresh_runs
+                    .with_label_values(&["succeeded"])
+                    .inc();
+                self.metrics.cache_devices.set(crossing.kept.len() as i64);
+                tracing::info!(duration_ms, "refresh succeeded: {}", crossing.summary());
+                if !crossing.multiple_inventories.is_empty() {
+                    self.notifier
+                        .send(&Notification::MultipleInventories {
+                            serials: crossing.multiple_inventories.clone(),
+                        })
+                        .await;
+                }
+                self.notifier
+                    .send(&Notification::RefreshSucceeded {
+                        devices: crossing.kept.len(),
+                        probes: crossing.probes,
+                        duration_ms,
+                        requests,
+                    })
+                    .await;
+            }
+            Err(error) => {
+                self.metrics
+                    .refresh_runs
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(
+                    duration_ms,
+                    attempts,
+                    "refresh failed, the previous cache stays: {error}"
+                );
+                self.notifier
+                    .send(&Notification::RefreshFailed {
+                        reason: error.to_string(),
+                        attempts,
+                        requests,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apis::hawkeye::LastUpdate;
+    use serde_json::json;
+
+    fn kept(serial: &str) -> Verdict {
+        let probe = Probe {
+            probe_id: json!(1),
+            uid: json!("u"),
+            probe_group: json!("g"),
+            type_name: json!("t"),
+            serial_number: serial.into(),
+            nodetonode: Some(LastUpdate {
+                last_update: Some("2024-01-01T00:00:00Z".into()),
+            }),
+            realservice: None,
+        };
+        Verdict::Kept(Box::new(KeptDevice {
+            last_contact: rules::last_contact(&probe).unwrap(),
+            probe,
+            client: ClientInfo {
+                client_id: json!(1),
+                client_name: json!("c"),
+                site_id: json!(2),
+            },
+            management_status: "Pending".into(),
+        }))
+    }
+
+    fn check(index: usize, verdict: Verdict) -> DeviceCheck {
+        DeviceCheck {
+            index,
+            verdict,
+            multiple_inventories: None,
+        }
+    }
+
+    fn failed() -> Verdict {
+        Verdict::Failed(ApiError::Timeout {
+            api: "bruin_inventory",
+        })
+    }
+
+    #[test]
+    fn checks_are_ordered_by_probe_and_a_repeated_serial_keeps_its_first_probe() {
+        let mut crossing = Crossing::new(5);
+        crossing.drop_device(DropReason::NeverContacted);
+        crossing.add_checks(vec![
+            check(3, kept("B")),
+            check(4, kept("A")),
+            check(1, kept("A")),
+            check(2, Verdict::Dropped(DropReason::NotMonitorable)),
+        ]);
+        let serials: Vec<&str> = crossing.kept.iter().map(KeptDevice::serial).collect();
+        assert_eq!(serials, ["A", "B"]);
+        assert_eq!(crossing.contacted, 4);
+        assert_eq!(crossing.dropped[&DropReason::NotMonitorable], 1);
+        assert_eq!(crossing.dropped[&DropReason::NeverContacted], 1);
+        assert_eq!(crossing.errors, 0);
+    }
+
+    #[test]
+    fn the_error_ratio_is_over_the_contacted_devices_and_strictly_above() {
+        let mut crossing = Crossing::new(30);
+        let mut checks: Vec<DeviceCheck> =
+            (0..19).map(|i| check(i, kept(&i.to_string()))).collect();
+        checks.push(check(19, failed()));
+        crossing.add_checks(checks);
+        assert_eq!(crossing.errors, 1);
+        // 1 of 20 is exactly 5 %: allowed.
+        assert!(!crossing.too_many_errors(0.05));
+        assert!(crossing.too_many_errors(0.04));
+        assert!(crossing
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out"));
+    }
+
+    #[test]
+    fn multiple_inventories_are_reported_even_when_the_device_fails_later() {
+        let mut crossing = Crossing::new(1);
+        let clients = vec![ClientInfo {
+            client_id: json!(1),
+            client_name: json!("c"),
+            site_id: json!(2),
+        }];
+        crossing.add_checks(vec![DeviceCheck {
+            index: 0,
+            verdict: failed(),
+            multiple_inventories: Some(("S".into(), clients.clone())),
+        }]);
+        assert_eq!(crossing.multiple_inventories["S"], clients);
+        assert!(crossing.summary().contains("1 errors"));
+    }
+
+    #[test]
+    fn probe_fetch_waits_grow_to_half_a_minute() {
+        let backoff = probe_fetch_backoff(10);
+        assert_eq!(backoff.delay(1, None, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff.delay(3, None, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff.delay(9, None, 1.0), Duration::from_secs(30));
+    }
+}

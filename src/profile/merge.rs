@@ -1,0 +1,385 @@
+//! Merges the updates of one batch by the stores' own per-field rules (docs/architecture.md),
+//! so that writing the result leaves the stores exactly as writing every update would, in any
+//! order, with fewer writes.
+//!
+//! A store keeps one version per field, so fields of different versions cannot share one
+//! update: a device yields one update per version that still wins a field (usually one).
+//! `first_access` and `last_contact` do not depend on versions and ride on the newest update;
+//! the earliest update that declared a state keeps its `user_declared_state`, because
+//! `user_declared_on` is its version.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use super::{LastContact, ProfileUpdate, TextField};
+
+/// One update per (device, version) that still carries a winning field, sorted by device and
+/// version. The result is the same for every order of `updates`.
+pub fn merge(updates: impl IntoIterator<Item = ProfileUpdate>) -> Vec<ProfileUpdate> {
+    let mut by_device: BTreeMap<String, Vec<ProfileUpdate>> = BTreeMap::new();
+    for update in updates {
+        by_device
+            .entry(update.device_id.clone())
+            .or_default()
+            .push(update);
+    }
+    by_device.into_values().flat_map(merge_device).collect()
+}
+
+/// The updates of one device, merged.
+fn merge_device(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
+    let mut by_version: BTreeMap<i64, ProfileUpdate> = BTreeMap::new();
+    let mut first_access = None;
+    let mut last_contact: Option<LastContact> = None;
+    let mut earliest_declaration: Option<(i64, String)> = None;
+    for update in updates {
+        first_access = min_option(first_access, update.first_access);
+        last_contact = later_contact(last_contact, update.last_contact.clone());
+        if let Some(state) = update.text.get(&TextField::UserDeclaredState) {
+            let candidate = (update.version, state.clone());
+            earliest_declaration = Some(match earliest_declaration {
+                Some(current) if earliest_declared(&current, &candidate) => current,
+                _ => candidate,
+            });
+        }
+        match by_version.get_mut(&update.version) {
+            Some(merged) => merge_same_version(merged, update),
+            None => {
+                by_version.insert(update.version, update);
+            }
+        }
+    }
+    drop_overridden_fields(&mut by_version);
+    if let Some((version, state)) = earliest_declaration {
+        if let Some(update) = by_version.get_mut(&version) {
+            update.text.insert(TextField::UserDeclaredState, state);
+        }
+    }
+    if let Some((_, newest)) = by_version.iter_mut().next_back() {
+        newest.first_access = first_access;
+        newest.last_contact = last_contact;
+    }
+    by_version.into_values().filter(carries_anything).collect()
+}
+
+/// Within one version, the store keeps the greater value of each field (ties of
+/// last-write-wins), so the merge does too.
+fn merge_same_version(merged: &mut ProfileUpdate, update: ProfileUpdate) {
+    for (field, value) in update.text {
+        let slot = merged.text.entry(field).or_default();
+        if value.as_bytes() > slot.as_bytes() {
+            *slot = value;
+        }
+    }
+    merged.client_id = max_option(merged.client_id, update.client_id);
+    merged.site_id = max_option(merged.site_id, update.site_id);
+    merged.api_last_updated_on = max_option(merged.api_last_updated_on, update.api_last_updated_on);
+    merged.uaspec = greater_spec(merged.uaspec.take(), update.uaspec);
+    merged.device_spec = greater_spec(merged.device_spec.take(), update.device_spec);
+}
+
+/// Removes from older versions every field a newer version overwrites.
+fn drop_overridden_fields(by_version: &mut BTreeMap<i64, ProfileUpdate>) {
+    let mut newer = ProfileUpdate::default();
+    for update in by_version.values_mut().rev() {
+        update
+            .text
+            .retain(|field, _| !newer.text.contains_key(field));
+        newer
+            .text
+            .extend(update.text.iter().map(|(f, v)| (*f, v.clone())));
+        drop_if_set(&mut update.client_id, &mut newer.client_id);
+        drop_if_set(&mut update.site_id, &mut newer.site_id);
+        drop_if_set(
+            &mut update.api_last_updated_on,
+            &mut newer.api_last_updated_on,
+        );
+        drop_if_set(&mut update.uaspec, &mut newer.uaspec);
+        drop_if_set(&mut update.device_spec, &mut newer.device_spec);
+        update.first_access = None;
+        update.last_contact = None;
+    }
+}
+
+/// Clears `older` when a newer update set the field; otherwise remembers `older` as set.
+fn drop_if_set<T: Clone>(older: &mut Option<T>, newer: &mut Option<T>) {
+    if newer.is_some() {
+        *older = None;
+    } else {
+        newer.clone_from(older);
+    }
+}
+
+fn carries_anything(update: &ProfileUpdate) -> bool {
+    !update.text.is_empty()
+        || update.client_id.is_some()
+        || update.site_id.is_some()
+        || update.api_last_updated_on.is_some()
+        || update.uaspec.is_some()
+        || update.device_spec.is_some()
+        || update.first_access.is_some()
+        || update.last_contact.is_some()
+}
+
+/// Whether `current` stays the earliest declaration against `candidate`: the smaller version,
+/// on equal versions the greater state (what the store keeps).
+fn earliest_declared(current: &(i64, String), candidate: &(i64, String)) -> bool {
+    match current.0.cmp(&candidate.0) {
+        Ordering::Less => true,
+        Ordering::Greater => false,
+        Ordering::Equal => current.1.as_bytes() >= candidate.1.as_bytes(),
+    }
+}
+
+fn min_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.max(b)
+}
+
+/// The later instant; on equal instants the greater text (as the Redis script decides).
+fn later_contact(a: Option<LastContact>, b: Option<LastContact>) -> Option<LastContact> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let a_wins = (a.at, a.text.as_bytes()) >= (b.at, b.text.as_bytes());
+            Some(if a_wins { a } else { b })
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+/// The spec whose JSON text (what Redis stores and compares) is greater.
+fn greater_spec(
+    a: Option<BTreeMap<String, String>>,
+    b: Option<BTreeMap<String, String>>,
+) -> Option<BTreeMap<String, String>> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let text =
+                |map: &BTreeMap<String, String>| serde_json::to_string(map).unwrap_or_default();
+            Some(if text(&a) >= text(&b) { a } else { b })
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    /// A model of one store: per field the value and the order key the rules compare.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Store {
+        fields: BTreeMap<&'static str, (i64, String)>,
+    }
+
+    impl Store {
+        fn newest(&mut self, field: &'static str, version: i64, value: String) {
+            let slot = self
+                .fields
+                .entry(field)
+                .or_insert((i64::MIN, String::new()));
+            if (version, value.as_bytes()) > (slot.0, slot.1.as_bytes()) {
+                *slot = (version, value);
+            }
+        }
+
+        fn smallest(&mut self, field: &'static str, value: i64) {
+            let slot = self
+                .fields
+                .entry(field)
+                .or_insert((i64::MAX, String::new()));
+            if value < slot.0 {
+                *slot = (value, value.to_string());
+            }
+        }
+
+        fn apply(&mut self, update: &ProfileUpdate) {
+            for (field, value) in &update.text {
+                self.newest(field.name(), update.version, value.clone());
+            }
+            let numbers = [
+                ("client_id", update.client_id),
+                ("site_id", update.site_id),
+                ("api_last_updated_on", update.api_last_updated_on),
+            ];
+            for (field, value) in numbers {
+                if let Some(value) = value {
+                    // Zero-padded so the text order is the numeric order of these samples.
+                    self.newest(field, update.version, format!("{value:020}"));
+                }
+            }
+            for (field, spec) in [
+                ("uaspec", &update.uaspec),
+                ("devicespec", &update.device_spec),
+            ] {
+                if let Some(spec) = spec {
+                    self.newest(field, update.version, serde_json::to_string(spec).unwrap());
+                }
+            }
+            if let Some(first_access) = update.first_access {
+                self.smallest("firstaccess", first_access);
+            }
+            if let Some(declared_on) = update.user_declared_on() {
+                self.smallest("user_declared_on", declared_on);
+            }
+            if let Some(contact) = &update.last_contact {
+                self.newest(
+                    "last_contact",
+                    contact.at.timestamp_micros(),
+                    contact.text.clone(),
+                );
+            }
+        }
+
+        fn after(updates: &[ProfileUpdate]) -> Store {
+            let mut store = Store::default();
+            updates.iter().for_each(|update| store.apply(update));
+            store
+        }
+    }
+
+    fn event(device: &str, version: i64, fields: &[(TextField, &str)]) -> ProfileUpdate {
+        ProfileUpdate {
+            device_id: device.to_string(),
+            version,
+            text: fields.iter().map(|(f, v)| (*f, v.to_string())).collect(),
+            ..ProfileUpdate::default()
+        }
+    }
+
+    fn contact(text: &str) -> Option<LastContact> {
+        Some(LastContact {
+            at: DateTime::parse_from_rfc3339(text).unwrap().to_utc(),
+            text: text.to_string(),
+        })
+    }
+
+    fn sample() -> Vec<ProfileUpdate> {
+        use TextField::*;
+        let mut updates = vec![
+            event("a", 10, &[(City, "Pune"), (State, "MH")]),
+            event("a", 30, &[(City, "Goa")]),
+            event(
+                "a",
+                20,
+                &[(City, "Delhi"), (UserDeclaredState, "DL"), (Country, "IN")],
+            ),
+            event("a", 40, &[(UserDeclaredState, "KA")]),
+            event("a", 30, &[(City, "Agra"), (FcmToken, "t1")]),
+            event("b", 5, &[(State, "Karnataka's")]),
+            event("b", 5, &[(State, "Kerala")]),
+            event("c", 7, &[]),
+        ];
+        updates[0].first_access = Some(1_000);
+        updates[1].first_access = Some(900);
+        updates[1].last_contact = contact("2020-11-05T13:57:07Z");
+        updates[2].last_contact = contact("2021-01-01T00:00:00+01:00");
+        updates[2].uaspec = Some([("agent".to_string(), "x".to_string())].into());
+        updates[3].api_last_updated_on = Some(40);
+        updates[3].client_id = Some(9994);
+        updates[4].device_spec = Some([("os".to_string(), "Android".to_string())].into());
+        updates[5].site_id = Some(2048);
+        updates[7].first_access = Some(77);
+        updates
+    }
+
+    /// Every rotation and the reverse of `updates`: enough orders to catch order dependence.
+    fn orders(updates: &[ProfileUpdate]) -> Vec<Vec<ProfileUpdate>> {
+        let mut orders = Vec::new();
+        for shift in 0..updates.len() {
+            let mut order = updates.to_vec();
+            order.rotate_left(shift);
+            orders.push(order.clone());
+            order.reverse();
+            orders.push(order);
+        }
+        orders
+    }
+
+    #[test]
+    fn merging_does_not_depend_on_the_order() {
+        let expected = merge(sample());
+        for order in orders(&sample()) {
+            assert_eq!(merge(order), expected);
+        }
+    }
+
+    #[test]
+    fn writing_the_merge_leaves_the_store_as_writing_every_update() {
+        let expected = Store::after(&sample());
+        for order in orders(&sample()) {
+            assert_eq!(Store::after(&merge(order.clone())), expected);
+            assert_eq!(
+                Store::after(&order),
+                expected,
+                "the model itself is order-independent"
+            );
+        }
+    }
+
+    #[test]
+    fn the_merge_is_also_right_on_top_of_stored_state() {
+        let earlier = vec![event(
+            "a",
+            25,
+            &[
+                (TextField::City, "Old"),
+                (TextField::UserDeclaredState, "X"),
+            ],
+        )];
+        let mut expected = Store::after(&earlier);
+        sample().iter().for_each(|update| expected.apply(update));
+        let mut merged = Store::after(&earlier);
+        merge(sample())
+            .iter()
+            .for_each(|update| merged.apply(update));
+        assert_eq!(merged, expected);
+    }
+
+    #[test]
+    fn one_device_costs_one_update_per_winning_version() {
+        let merged = merge(sample());
+        let versions = |device: &str| -> Vec<i64> {
+            merged
+                .iter()
+                .filter(|u| u.device_id == device)
+                .map(|u| u.version)
+                .collect()
+        };
+        // a: 10 keeps State, 20 keeps Country and the earliest declaration, 30 City/FcmToken,
+        // 40 the winning declaration.
+        assert_eq!(versions("a"), vec![10, 20, 30, 40]);
+        assert_eq!(versions("b"), vec![5]);
+        assert_eq!(versions("c"), vec![7]);
+        let b = merged.iter().find(|u| u.device_id == "b").unwrap();
+        assert_eq!(b.text[&TextField::State], "Kerala");
+    }
+
+    #[test]
+    fn newest_update_carries_earliest_first_access_and_latest_contact() {
+        let merged = merge(sample());
+        let newest = merged.iter().rfind(|u| u.device_id == "a").unwrap();
+        assert_eq!(newest.version, 40);
+        assert_eq!(newest.first_access, Some(900));
+        assert_eq!(newest.last_contact, contact("2021-01-01T00:00:00+01:00"));
+        let older = merged
+            .iter()
+            .filter(|u| u.device_id == "a" && u.version < 40);
+        assert!(older
+            .clone()
+            .all(|u| u.first_access.is_none() && u.last_contact.is_none()));
+    }
+
+    #[test]
+    fn a_replayed_batch_merges_to_the_same_updates() {
+        let twice: Vec<ProfileUpdate> = sample().into_iter().chain(sample()).collect();
+        assert_eq!(merge(twice), merge(sample()));
+    }
+}

@@ -1,0 +1,86 @@
+-- Upserts one device profile without ever rolling a field back (docs/architecture.md,
+-- "Device profile push"). Runs atomically per device, so concurrent writers cannot interleave.
+--
+-- KEYS[1]  the device hash: only the fields readers expect
+-- KEYS[2]  the companion hash of per-field versions (epoch ms; micros for last_contact)
+-- ARGV[1]  the update's version (epoch ms, decimal)
+-- ARGV[2]  the update's last contact instant (epoch micros, decimal) or ""
+-- ARGV[3..] triples: rule, field, value
+--   "text" newest version wins; on equal versions the bytewise greater value
+--   "int"  newest version wins; on equal versions the greater number
+--   "min"  the smaller number wins (firstaccess, user_declared_on)
+--   "lc"   the later instant (ARGV[2]) wins; on equal instants the bytewise greater text
+-- Returns {last_contact text, last_contact micros} as stored afterwards, or {} when unknown.
+
+-- Bytewise comparison: Lua's `<` on strings follows the server's locale (strcoll).
+local function compare_bytes(a, b)
+  local length = math.min(#a, #b)
+  for i = 1, length do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y and -1 or 1
+    end
+  end
+  if #a == #b then return 0 end
+  return #a < #b and -1 or 1
+end
+
+-- Numeric comparison of canonical decimal integers of any size (Lua numbers are doubles).
+local function compare_ints(a, b)
+  local a_negative, b_negative = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if a_negative ~= b_negative then
+    return a_negative and -1 or 1
+  end
+  local a_digits = a_negative and a:sub(2) or a
+  local b_digits = b_negative and b:sub(2) or b
+  local order
+  if #a_digits ~= #b_digits then
+    order = #a_digits < #b_digits and -1 or 1
+  else
+    order = compare_bytes(a_digits, b_digits)
+  end
+  return a_negative and -order or order
+end
+
+local version, contact_micros = ARGV[1], ARGV[2]
+local fields, versions = {}, {}
+
+-- Whether (order, value) beats what is stored for `field`, ordered by `order` first.
+local function wins(field, order, value, compare_values)
+  local stored_order = redis.call('HGET', KEYS[2], field)
+  if not stored_order then return true end
+  local by_order = compare_ints(order, stored_order)
+  if by_order ~= 0 then return by_order > 0 end
+  local stored = redis.call('HGET', KEYS[1], field)
+  if not stored then return true end
+  return compare_values(value, stored) > 0
+end
+
+for i = 3, #ARGV, 3 do
+  local rule, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if rule == 'min' then
+    local stored = redis.call('HGET', KEYS[1], field)
+    if not stored or compare_ints(value, stored) < 0 then
+      table.insert(fields, field)
+      table.insert(fields, value)
+    end
+  else
+    local order, compare_values = version, compare_bytes
+    if rule == 'lc' then order = contact_micros end
+    if rule == 'int' then compare_values = compare_ints end
+    if wins(field, order, value, compare_values) then
+      table.insert(fields, field)
+      table.insert(fields, value)
+      table.insert(versions, field)
+      table.insert(versions, order)
+    end
+  end
+end
+
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+if #versions > 0 then redis.call('HSET', KEYS[2], unpack(versions)) end
+
+local contact = redis.call('HGET', KEYS[1], 'last_contact')
+local micros = redis.call('HGET', KEYS[2], 'last_contact')
+if contact and micros then return {contact, micros} end
+return {}

@@ -1,0 +1,48 @@
+//! Device profile writes into both stores at once: the unit every writer (profile events and
+//! the customer cache refresh) uses.
+
+use std::sync::Arc;
+
+use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
+use crate::observe::Metrics;
+use crate::profile::{LastContact, ProfileUpdate};
+
+#[derive(Clone)]
+pub struct ProfileStores {
+    redis: redis::ProfileWriter,
+    cassandra: cassandra::ProfileWriter,
+    metrics: Arc<Metrics>,
+}
+
+impl ProfileStores {
+    /// Loads the Redis script and prepares the Cassandra statements, once.
+    pub async fn new(
+        redis: RedisStore,
+        cassandra: CassandraStore,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        Ok(ProfileStores {
+            redis: redis::ProfileWriter::load(redis).await?,
+            cassandra: cassandra::ProfileWriter::prepare(&cassandra).await?,
+            metrics,
+        })
+    }
+
+    /// Writes both stores concurrently (one attempt). Returns, per update in order, the device's
+    /// last_contact as stored after the write (the max rule), read back from the Redis script's
+    /// result. Writes are idempotent, so a failed call may simply be repeated.
+    pub async fn upsert(
+        &self,
+        updates: &[ProfileUpdate],
+    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+        // Both run to completion even when one fails, so a retry finds no half-sent batch.
+        let (stored, written) =
+            futures::join!(self.redis.upsert(updates), self.cassandra.upsert(updates));
+        let stored = stored?;
+        written?;
+        self.metrics
+            .profile_devices_upserted
+            .inc_by(updates.len() as u64);
+        Ok(stored)
+    }
+}

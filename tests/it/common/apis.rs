@@ -1,0 +1,34 @@
+//! Helpers of the API client tests: clients of a running simulator with a fast retry policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hawkeye_customer_cache::apis::{BruinClient, HawkeyeClient, RetryPolicy};
+use hawkeye_customer_cache::observe::Metrics;
+use hawkeye_customer_cache::sim::RunningSim;
+
+/// The default number of attempts, with waits of milliseconds so tests stay quick.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_retry_after: Duration::from_millis(50),
+        ..RetryPolicy::default()
+    }
+}
+
+pub fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new().expect("metrics registry"))
+}
+
+pub fn hawkeye_client(sim: &RunningSim, metrics: Arc<Metrics>) -> HawkeyeClient {
+    HawkeyeClient::new(&sim.hawkeye_settings(), metrics)
+        .expect("hawkeye client")
+        .with_retry_policy(fast_retry())
+}
+
+pub fn bruin_client(sim: &RunningSim, metrics: Arc<Metrics>) -> BruinClient {
+    BruinClient::new(&sim.bruin_settings(), metrics)
+        .expect("bruin client")
+        .with_retry_policy(fast_retry())
+}

@@ -1,0 +1,103 @@
+//! Every row of the status table of `CONTRACT.md` §5, as a requester sees it: 202 before any
+//! refresh (the start-up refresh fails here: no API is reachable), 400 for unreadable requests
+//! and bad filters, 404 when nothing is left, 200 with the entries.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::cache_fixture::{entry, CacheFixture};
+use crate::common::request_reply::{json_of, run_get, send_request, ReplyListener};
+use crate::common::service::isolated_env;
+use crate::common::ServiceProcess;
+
+const MISSING_BODY: &str = r#"You must specify {.."body":{...}} in the request"#;
+const NO_DEVICES: &str = "No devices were found for the specified filters";
+
+#[tokio::test]
+async fn answers_every_row_of_the_status_table() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let env = service.env.clone();
+    let cache = CacheFixture::new(&env).await;
+
+    let building = run_get(&env, &["--timeout", "30"]).await;
+    assert_eq!(building.code, 0, "202 is a success: {building:?}");
+    assert_eq!(building.reply["status"], 202);
+    assert_eq!(building.reply["body"], "Cache is still being built");
+
+    let listener = ReplyListener::at_end(&env["TOPIC_REPLY"]).await;
+    for (value, request_id) in [
+        (&b"{not json"[..], Value::Null),
+        (&b"[1,2]"[..], Value::Null),
+        (&br#"{"request_id":"no-body"}"#[..], json!("no-body")),
+        (
+            &br#"{"request_id":"body-not-object","body":"x"}"#[..],
+            json!("body-not-object"),
+        ),
+    ] {
+        let correlation = uuid::Uuid::new_v4().to_string();
+        send_request(
+            &env,
+            Some("k"),
+            Some(value),
+            &[("kafka_correlationId", correlation.as_bytes())],
+        )
+        .await;
+        let reply = json_of(&listener.reply(correlation.as_bytes()).await);
+        assert_eq!(
+            reply,
+            json!({"request_id": request_id, "status": 400, "body": MISSING_BODY}),
+            "request {}",
+            String::from_utf8_lossy(value)
+        );
+    }
+
+    let bad_filter = run_get(&env, &["--last-contact-filter", "last tuesday"]).await;
+    assert_eq!(bad_filter.code, 1, "{bad_filter:?}");
+    assert_eq!(bad_filter.reply["status"], 400);
+    let line = bad_filter.reply["body"].as_str().unwrap();
+    assert!(
+        line.contains("\"last tuesday\"") && !line.contains('\n'),
+        "{line}"
+    );
+
+    // A refresh that kept no device: meta exists, the live hash does not.
+    cache.publish(&[]).await;
+    let empty = run_get(&env, &[]).await;
+    assert_eq!(
+        (empty.code, &empty.reply["status"]),
+        (1, &json!(404)),
+        "{empty:?}"
+    );
+    assert_eq!(empty.reply["body"], NO_DEVICES);
+
+    let entries = [
+        entry("A1", "2020-11-05T13:57:07Z"),
+        entry("B2", "2021-01-01T00:00:00Z"),
+    ];
+    cache.publish(&entries).await;
+    let found = run_get(&env, &[]).await;
+    assert_eq!(found.code, 0, "{found:?}");
+    assert_eq!(found.reply["status"], 200);
+    assert_eq!(found.reply["body"], json!(entries));
+    assert!(found.reply.get("chunk").is_none());
+
+    let none_left = run_get(&env, &["--last-contact-filter", "2030-01-01T00:00:00Z"]).await;
+    assert_eq!(
+        (none_left.code, &none_left.reply["body"]),
+        (1, &json!(NO_DEVICES))
+    );
+
+    let metrics = reqwest::get(service.http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for status in ["200", "202", "400", "404"] {
+        let series = format!("hawkeye_customer_cache_get_requests_total{{status=\"{status}\"}}");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    cache.remove().await;
+}

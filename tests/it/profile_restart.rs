@@ -1,0 +1,74 @@
+//! A restart (SIGTERM) of the service in the middle of a stream loses nothing: the stopping
+//! instance commits only what both stores acknowledged, the next one starts from there.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::profiles::{cassandra_row, eventually, produce_json, producer, redis_hash};
+use crate::common::service::isolated_env;
+use crate::common::{cassandra_session, unique, ServiceProcess};
+
+const WAIT: Duration = Duration::from_secs(90);
+const DEVICES: usize = 60;
+const VERSIONS: i64 = 3;
+
+#[tokio::test]
+async fn a_restart_mid_stream_loses_nothing() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let env = service.env.clone();
+    let devices: Vec<String> = (0..DEVICES).map(|_| unique("restart")).collect();
+
+    let stream = {
+        let (env, devices) = (env.clone(), devices.clone());
+        tokio::spawn(async move {
+            let producer = producer();
+            for version in 1..=VERSIONS {
+                for device in &devices {
+                    let event = json!({
+                        "device_id": device, "api_last_updated_on": 1_700_000_000_000_i64 + version,
+                        "city": format!("v{version}")
+                    });
+                    produce_json(&producer, &env, &event).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    // Stop once the stream has visibly started, then start a new instance in the same group.
+    eventually(WAIT, "the first events", || async {
+        (!redis_hash(&env, &devices[0]).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(service.terminate().await.success(), "clean exit on SIGTERM");
+    let log = service.log.join("\n");
+    assert!(log.contains("device profile push stopped"), "{log}");
+
+    let mut restarted = ServiceProcess::start(env.clone());
+    restarted.wait_ready(Duration::from_secs(60)).await;
+    stream.await.unwrap();
+
+    let session = cassandra_session().await;
+    let latest = format!("v{VERSIONS}");
+    for device in &devices {
+        eventually(
+            WAIT,
+            &format!("{device} at the latest version in Redis"),
+            || async {
+                (redis_hash(&env, device).await.get("city") == Some(&latest)).then_some(())
+            },
+        )
+        .await;
+        eventually(
+            WAIT,
+            &format!("{device} at the latest version in Cassandra"),
+            || async {
+                (cassandra_row(&session, &env, device).await?["city"] == latest.as_str())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    restarted.terminate().await;
+}
