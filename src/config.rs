@@ -180,16 +180,18 @@ fn parse_kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
     raw.split(',')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
+        .enumerate()
+        .map(|(position, pair)| match pair.split_once('=') {
             Some((key, value)) if !key.trim().is_empty() => {
                 Ok((key.trim().to_string(), Secret::new(value.trim())))
             }
-            // Only the key part is shown: the pair may hold a password.
+            // Nothing of the entry is shown: it may be the tail of a password holding a ','.
             _ => Err(invalid(
                 "KAFKA_CONFIG",
                 format!(
-                    "expected key=value pairs separated by ',', got an entry without '=' starting {:?}",
-                    pair.chars().take(24).collect::<String>()
+                    "expected key=value pairs separated by ',' (values cannot contain ','), \
+                     entry {} has no key=",
+                    position + 1
                 ),
             )),
         })
@@ -645,6 +647,10 @@ mod tests {
         let all = parse(&["--kafka-config", "sasl.password"]);
         let err = all.kafka.validate().unwrap_err();
         assert_eq!(err.setting, "KAFKA_CONFIG");
+        // A password with a ',' splits into an entry that is the password's tail.
+        let all = parse(&["--kafka-config", "sasl.password=hun,ter2-tail"]);
+        let err = all.kafka.validate().unwrap_err();
+        assert!(!err.to_string().contains("ter2"), "{err}");
     }
 
     #[test]

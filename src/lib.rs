@@ -2,6 +2,7 @@
 //! customer cache and pushes device profile updates into Redis and Cassandra.
 
 pub mod apis;
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod kafka;

@@ -11,7 +11,7 @@ use hawkeye_customer_cache::config::{
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
 use hawkeye_customer_cache::sim::{SimConfig, Simulator};
-use hawkeye_customer_cache::{observe, shutdown};
+use hawkeye_customer_cache::{bench, observe, shutdown};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -36,6 +36,9 @@ enum Command {
     /// Serve a simulated Hawkeye/Ixia + Bruin API (docs/simulator.md) until SIGINT/SIGTERM;
     /// prints the settings that point the service at it.
     Sim(Box<SimArgs>),
+    /// Measure throughput, latency and memory against the stack and the simulator, each
+    /// figure next to a baseline measured in the same run (BENCHMARKS.md).
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -153,6 +156,10 @@ fn main() -> ExitCode {
         Command::Get(args) => get(&runtime, &args),
         Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
         Command::Sim(args) => simulate(&runtime, *args),
+        Command::Bench(args) => match runtime.block_on(bench::run(*args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        },
     }
 }
 

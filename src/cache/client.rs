@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -51,7 +51,12 @@ pub enum GetError {
 }
 
 fn kafka_error(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> GetError + '_ {
-    move |e| GetError::Kafka(format!("{context}: {e}"))
+    move |e| {
+        GetError::Kafka(format!(
+            "{context}: {}",
+            crate::kafka::redact_config_error(e)
+        ))
+    }
 }
 
 /// Sends one request and waits for its whole reply.
@@ -61,29 +66,72 @@ pub async fn get(kafka: &KafkaSettings, options: &GetOptions) -> Result<GetAnswe
         .reply_topic
         .clone()
         .unwrap_or_else(|| kafka.topics.reply.clone());
-    if !is_valid_topic_name(&reply_topic) {
-        return Err(GetError::InvalidReplyTopic(reply_topic));
+    let requester = by(
+        deadline,
+        options.timeout,
+        Requester::connect(kafka, reply_topic, options.timeout),
+    )
+    .await?;
+    requester.request_by(options, deadline).await
+}
+
+/// A requester that keeps its reply consumer and its producer across requests, sent one after
+/// the other (the `bench` command's clients; `get` uses one for a single request).
+pub struct Requester {
+    kafka: KafkaSettings,
+    reply_topic: String,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+}
+
+impl Requester {
+    /// Listens on `reply_topic` (created when missing) from its current end.
+    pub async fn connect(
+        kafka: &KafkaSettings,
+        reply_topic: String,
+        timeout: Duration,
+    ) -> Result<Self, GetError> {
+        if !is_valid_topic_name(&reply_topic) {
+            return Err(GetError::InvalidReplyTopic(reply_topic));
+        }
+        let consumer = listen_at_end(kafka, reply_topic.clone(), timeout).await?;
+        let producer = producer(kafka).map_err(|e| GetError::Kafka(format!("{e:#}")))?;
+        Ok(Requester {
+            kafka: kafka.clone(),
+            reply_topic,
+            consumer,
+            producer,
+        })
     }
-    let timeout = options.timeout;
-    let consumer = by(
-        deadline,
-        timeout,
-        listen_at_end(kafka, reply_topic.clone(), timeout),
-    )
-    .await?;
-    let correlation_id = uuid::Uuid::new_v4().to_string();
-    by(
-        deadline,
-        timeout,
-        send_request(kafka, &reply_topic, &correlation_id, options),
-    )
-    .await?;
-    by(
-        deadline,
-        timeout,
-        receive_reply(&consumer, correlation_id.as_bytes()),
-    )
-    .await
+
+    /// Sends one request and waits for its whole reply, on this requester's reply topic
+    /// (`options.reply_topic` is not used).
+    pub async fn request(&self, options: &GetOptions) -> Result<GetAnswer, GetError> {
+        self.request_by(options, Instant::now() + options.timeout)
+            .await
+    }
+
+    async fn request_by(
+        &self,
+        options: &GetOptions,
+        deadline: Instant,
+    ) -> Result<GetAnswer, GetError> {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let sending = send_request(
+            &self.producer,
+            &self.kafka.topics.get,
+            &self.reply_topic,
+            &correlation_id,
+            options,
+        );
+        by(deadline, options.timeout, sending).await?;
+        by(
+            deadline,
+            options.timeout,
+            receive_reply(&self.consumer, correlation_id.as_bytes()),
+        )
+        .await
+    }
 }
 
 /// `work`, or [`GetError::Timeout`] at `deadline`.
@@ -97,8 +145,9 @@ async fn by<T>(
         .map_err(|_| GetError::Timeout(timeout))?
 }
 
-/// A consumer of every partition of `topic`, positioned at their current ends.
-async fn listen_at_end(
+/// A consumer of every partition of `topic` (created when missing), positioned at their
+/// current ends; it joins no group and commits nothing.
+pub async fn listen_at_end(
     kafka: &KafkaSettings,
     topic: String,
     timeout: Duration,
@@ -171,12 +220,12 @@ async fn partitions_of(
 }
 
 async fn send_request(
-    kafka: &KafkaSettings,
+    producer: &FutureProducer,
+    request_topic: &str,
     reply_topic: &str,
     correlation_id: &str,
     options: &GetOptions,
 ) -> Result<(), GetError> {
-    let producer = producer(kafka).map_err(|e| GetError::Kafka(format!("{e:#}")))?;
     let mut body = serde_json::Map::new();
     if let Some(filter) = &options.last_contact_filter {
         body.insert("last_contact_filter".into(), filter.clone().into());
@@ -186,7 +235,7 @@ async fn send_request(
         key: REPLY_TOPIC,
         value: Some(reply_topic),
     });
-    let record = FutureRecord::to(&kafka.topics.get)
+    let record = FutureRecord::to(request_topic)
         .key(correlation_id)
         .payload(&request)
         .headers(headers);

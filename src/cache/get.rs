@@ -114,6 +114,14 @@ impl<'a> Reply<'a> {
         }
     }
 
+    /// Bytes of the body's entries: what rendering the reply will allocate, about.
+    pub fn body_bytes(&self) -> usize {
+        match &self.body {
+            Body::Message(text) => text.len(),
+            Body::Entries(entries) => entries.iter().map(|e| e.json().len() + 1).sum(),
+        }
+    }
+
     /// The reply values: one when it fits in `max_bytes`, else chunks that each hold a part of
     /// the list and `"chunk": {"index", "count"}`. A chunk is larger than `max_bytes` only when
     /// one entry alone does not fit.

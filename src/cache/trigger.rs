@@ -101,6 +101,7 @@ fn trigger_consumer(settings: &KafkaSettings) -> anyhow::Result<StreamConsumer> 
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .create()
+        .map_err(kafka::redact_config_error)
         .context("cannot create the refresh trigger consumer")?;
     consumer
         .subscribe(&[settings.topics.refresh.as_str()])

@@ -66,6 +66,7 @@ impl AtLeastOnceConsumer {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .create_with_context(GroupLog)
+            .map_err(super::redact_config_error)
             .map_err(|e| {
                 anyhow::anyhow!("cannot create Kafka consumer (check KAFKA_CONFIG): {e}")
             })?;

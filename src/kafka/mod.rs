@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::config::KafkaSettings;
@@ -30,6 +30,22 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// A client creation error with the offending setting's value masked: `KAFKA_CONFIG` values
+/// may be secrets (`sasl.password`, `ssl.key.password`), and librdkafka's message repeats them.
+pub fn redact_config_error(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "***")
+            };
+            KafkaError::ClientConfig(code, description, key, "***".to_string())
+        }
+        other => other,
+    }
+}
+
 /// The producer for dead letters, replies and notifications: idempotent, acknowledged by all
 /// in-sync replicas, compressed (replies can be large).
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
@@ -40,6 +56,7 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
         .set("linger.ms", "5")
         .set("message.max.bytes", "10000000")
         .create()
+        .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka producer (check KAFKA_CONFIG): {e}"))?;
     Ok(producer)
 }
@@ -63,6 +80,7 @@ pub async fn check_brokers(producer: &FutureProducer, timeout: Duration) -> Resu
 pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(settings)
         .create()
+        .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka admin client: {e}"))?;
     let topics: Vec<NewTopic> = names
         .iter()
@@ -100,4 +118,23 @@ pub async fn wait_for_brokers(producer: &FutureProducer) -> anyhow::Result<()> {
     check_brokers(producer, METADATA_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Kafka (KAFKA_BROKERS): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::BaseProducer;
+
+    #[test]
+    fn config_errors_do_not_show_the_value() {
+        let error = ClientConfig::new()
+            .set("no.such.property", "s3cret-value")
+            .create::<BaseProducer>()
+            .err()
+            .map(redact_config_error)
+            .expect("an unknown property is refused");
+        let text = error.to_string();
+        assert!(text.contains("no.such.property"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+    }
 }

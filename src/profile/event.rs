@@ -109,9 +109,15 @@ pub fn parse_event(value: &[u8], record_version: i64) -> Result<ProfileEvent, Re
 /// The top-level fields with their exact JSON text (numbers keep their digits).
 fn parse_object(value: &[u8]) -> Result<BTreeMap<String, &RawValue>, Rejection> {
     serde_json::from_slice(value).map_err(|e| {
-        match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-            Ok(_) => Rejection::NotObject,
-            Err(_) => Rejection::NotJson(e.to_string()),
+        // IgnoredAny skips strings without checking their UTF-8, and an object that failed
+        // was malformed: neither is "JSON but not an object".
+        let is_object = value.trim_ascii_start().first() == Some(&b'{');
+        let is_json = std::str::from_utf8(value).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok();
+        if is_json && !is_object {
+            Rejection::NotObject
+        } else {
+            Rejection::NotJson(e.to_string())
         }
     })
 }
@@ -385,6 +391,16 @@ mod tests {
         assert_eq!(parse("[1,2]"), Err(Rejection::NotObject));
         assert_eq!(parse("\"d\""), Err(Rejection::NotObject));
         assert_eq!(parse("null"), Err(Rejection::NotObject));
+        let invalid_utf8 = parse_event(b"{\"device_id\":\"d\",\"city\":\"\xff\"}", RECORD_VERSION);
+        assert!(
+            matches!(invalid_utf8, Err(Rejection::NotJson(_))),
+            "{invalid_utf8:?}"
+        );
+        let invalid_utf8 = parse_event(b"[\"\xff\"]", RECORD_VERSION);
+        assert!(
+            matches!(invalid_utf8, Err(Rejection::NotJson(_))),
+            "{invalid_utf8:?}"
+        );
     }
 
     #[test]

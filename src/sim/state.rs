@@ -43,6 +43,10 @@ pub enum Fault {
     RateLimited { retry_after_secs: u64 },
     /// No answer for `stall_secs` (then 504): the client's timeout fires first.
     Stall,
+    /// HTTP 200 whose JSON body is cut off in the middle (a proxy dropping the connection).
+    TruncatedJson,
+    /// HTTP 200 whose body is not JSON at all (an HTML error page of a gateway).
+    InvalidJson,
 }
 
 /// The failure modes in force; changed at runtime through `RunningSim`.
@@ -255,6 +259,10 @@ impl Shared {
                 }
                 error(StatusCode::GATEWAY_TIMEOUT, "simulated stall")
             }
+            Fault::TruncatedJson => ok_json_text(
+                r#"{"total_count": "3", "count": 3, "records": [{"probeId": "1", "uid"#,
+            ),
+            Fault::InvalidJson => ok_json_text("<html><body>502 Bad Gateway</body></html>"),
         }
     }
 
@@ -309,6 +317,16 @@ fn grant(granted: &Mutex<HashMap<String, Instant>>, ttl: Duration) -> String {
 }
 
 /// A JSON error body, as both APIs send one.
+/// A 200 answer labelled JSON whose body is `text` as is (for the malformed-answer faults).
+fn ok_json_text(text: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({"error": message}))).into_response()
 }

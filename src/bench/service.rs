@@ -1,0 +1,249 @@
+//! The service under measurement: this binary's `run`, as a child process with its own topics,
+//! group, Redis prefixes and HTTP port, so that its memory is its own and can be read from
+//! `/proc/<pid>/status`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::Stack;
+
+/// How long a service may take to start (Cassandra schema checks included).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Memory of a process, in MiB: resident now, and the peak since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub peak_mib: f64,
+}
+
+/// The environment of one isolated service: names all start with `name` (unique per run).
+pub fn isolated_env(stack: &Stack, name: &str) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("KAFKA_BROKERS", stack.kafka_brokers.clone()),
+        ("REDIS_URL", stack.redis_url.clone()),
+        ("CASSANDRA_NODES", stack.cassandra_nodes.clone()),
+        ("CASSANDRA_KEYSPACE", super::KEYSPACE.to_string()),
+        ("KAFKA_GROUP_ID", format!("{name}.group")),
+        ("ENVIRONMENT_NAME", name.to_string()),
+        ("REDIS_DEVICE_KEY_PREFIX", device_key_prefix(name)),
+        ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        // Unreachable: the refresh measurement points these at the simulator.
+        ("HAWKEYE_BASE_URL", "http://127.0.0.1:9/".to_string()),
+        ("HAWKEYE_USERNAME", "bench".to_string()),
+        ("HAWKEYE_PASSWORD", "bench".to_string()),
+        ("BRUIN_BASE_URL", "http://127.0.0.1:9/".to_string()),
+        ("BRUIN_LOGIN_URL", "http://127.0.0.1:9/".to_string()),
+        ("BRUIN_CLIENT_ID", "bench".to_string()),
+        ("BRUIN_CLIENT_SECRET", "bench".to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect();
+    for (variable, topic) in [
+        ("TOPIC_PROFILE_UPDATES", "profile.updates"),
+        ("TOPIC_PROFILE_DLQ", "profile.updates.dlq"),
+        ("TOPIC_REFRESH", "refresh"),
+        ("TOPIC_GET", "get"),
+        ("TOPIC_REPLY", "reply"),
+        ("TOPIC_NOTIFICATIONS", "notifications"),
+    ] {
+        env.insert(variable.to_string(), format!("{name}.{topic}"));
+    }
+    env
+}
+
+/// `REDIS_DEVICE_KEY_PREFIX` of the service named `name`.
+pub fn device_key_prefix(name: &str) -> String {
+    format!("{name}:device:")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(9899)
+}
+
+/// A running service; killed when dropped.
+pub struct ServiceChild {
+    child: Child,
+    pid: u32,
+    http: reqwest::Client,
+    metrics_url: String,
+    ready_url: String,
+    log: PathBuf,
+}
+
+impl ServiceChild {
+    /// Starts `binary run` with exactly `env`; its log goes to a file in the temp directory.
+    pub async fn start(binary: &PathBuf, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let name = env
+            .get("ENVIRONMENT_NAME")
+            .map_or("service", String::as_str);
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("the service exited at once")?;
+        let http_addr = env.get("HTTP_ADDR").context("HTTP_ADDR is not set")?;
+        let mut service = ServiceChild {
+            child,
+            pid,
+            http: reqwest::Client::new(),
+            metrics_url: format!("http://{http_addr}/metrics"),
+            ready_url: format!("http://{http_addr}/ready"),
+            log,
+        };
+        service.wait_ready().await?;
+        Ok(service)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(response) = self.http.get(&self.ready_url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "the service exited with {status}; see {}",
+                    self.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the service was not ready after {READY_TIMEOUT:?}; see {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of one series of `/metrics` (`hawkeye_customer_cache_` prefix included),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(&self.metrics_url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("cannot read /metrics")?
+            .text()
+            .await
+            .context("cannot read /metrics")?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// VmRSS and VmHWM from `/proc/<pid>/status`.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        Ok(parse_memory(&status))
+    }
+
+    /// SIGTERM, then waits for the exit; a service that does not stop in time is killed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .context("cannot run kill")?;
+        if !sent.success() {
+            anyhow::bail!("kill -TERM {} failed", self.pid);
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    anyhow::bail!(
+                        "the service exited with {status}; see {}",
+                        self.log.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                anyhow::bail!("the service did not stop within {STOP_TIMEOUT:?} of SIGTERM")
+            }
+        }
+    }
+}
+
+/// VmRSS and VmHWM (kB in the file) of a `/proc/<pid>/status` text, in MiB.
+fn parse_memory(status: &str) -> Memory {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    Memory {
+        rss_mib: field("VmRSS:"),
+        peak_mib: field("VmHWM:"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_comes_from_vm_rss_and_vm_hwm() {
+        let status =
+            "Name:\thawkeye\nVmPeak:\t 900000 kB\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
+        assert_eq!(
+            parse_memory(status),
+            Memory {
+                rss_mib: 100.0,
+                peak_mib: 200.0
+            }
+        );
+    }
+
+    #[test]
+    fn every_name_of_an_isolated_service_carries_its_prefix() {
+        let stack = Stack {
+            kafka_brokers: "k:1".into(),
+            redis_url: "redis://r:2/0".into(),
+            cassandra_nodes: "c:3".into(),
+        };
+        let env = isolated_env(&stack, "bench_x.push");
+        assert_eq!(env["TOPIC_GET"], "bench_x.push.get");
+        assert_eq!(env["KAFKA_GROUP_ID"], "bench_x.push.group");
+        assert_eq!(env["REDIS_DEVICE_KEY_PREFIX"], "bench_x.push:device:");
+        assert_eq!(env["KAFKA_BROKERS"], "k:1");
+    }
+}

@@ -1,0 +1,119 @@
+//! Measurement 2: end-to-end visibility of single events under light load: produce one event, poll
+//! Redis and Cassandra until both show it. The baseline is the floor: the same update written
+//! straight to the stores by the harness, polled the same way.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::probe::Harness;
+use super::service::{isolated_env, ServiceChild};
+use super::table::{percentile, Row};
+use super::{kafka_settings, Bench, Report};
+use crate::kafka::{ensure_topics, producer};
+use crate::profile::event::parse_event;
+
+const POLL: Duration = Duration::from_millis(1);
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between samples: one event at a time, on an otherwise idle service.
+const PAUSE: Duration = Duration::from_millis(20);
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const TARGET_P99_MS: f64 = 250.0;
+
+/// One event of device `device_id` that the stores show as `producer_id = marker`.
+fn event(device_id: &str, marker: &str) -> String {
+    json!({
+        "device_id": device_id,
+        "city": "Bengaluru",
+        "producer_id": marker,
+        "api_last_updated_on": chrono::Utc::now().timestamp_millis(),
+    })
+    .to_string()
+}
+
+pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
+    let name = bench.name("visibility");
+    let env = isolated_env(&bench.stack, &name);
+    let kafka = kafka_settings(&env)?;
+    ensure_topics(&kafka, &[&kafka.topics.profile_updates]).await?;
+    let service = ServiceChild::start(&bench.binary, &env).await?;
+    let harness = bench.harness(&name).await?;
+    let producer = producer(&kafka)?;
+    let samples = bench.sizes.visibility_samples;
+    let mut through_service = Vec::with_capacity(samples);
+    // Sample 0 warms the connections up and is not counted.
+    for sample in 0..=samples {
+        let device_id = format!("{name}-v{sample}");
+        let value = event(&device_id, "seen");
+        let started = Instant::now();
+        let record = FutureRecord::to(&kafka.topics.profile_updates)
+            .key(&device_id)
+            .payload(&value);
+        producer
+            .send(record, SEND_TIMEOUT)
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot produce the event: {e}"))?;
+        wait_visible(&harness, &device_id).await?;
+        if sample > 0 {
+            through_service.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    service.stop().await?;
+    let mut direct = Vec::with_capacity(samples);
+    for sample in 0..=samples {
+        let device_id = format!("{name}-w{sample}");
+        let update = parse_event(event(&device_id, "seen").as_bytes(), 0)
+            .map_err(|rejection| anyhow::anyhow!("event rejected: {rejection}"))?
+            .update;
+        let started = Instant::now();
+        harness.stores.upsert(&[update]).await?;
+        wait_visible(&harness, &device_id).await?;
+        if sample > 0 {
+            direct.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    let [p50, p99] = [50.0, 99.0].map(|p| percentile(&through_service, p));
+    let [direct_p50, direct_p99] = [50.0, 99.0].map(|p| percentile(&direct, p));
+    Ok(Report {
+        rows: vec![
+            Row::new(
+                "visibility p50 (produce -> both stores)",
+                format!("{p50:.1} ms"),
+            )
+            .baseline(format!("direct write {direct_p50:.1} ms"), p50 / direct_p50),
+            Row::new(
+                "visibility p99 (produce -> both stores)",
+                format!("{p99:.1} ms"),
+            )
+            .baseline(format!("direct write {direct_p99:.1} ms"), p99 / direct_p99)
+            .target(format!("< {TARGET_P99_MS:.0} ms"), p99 < TARGET_P99_MS),
+        ],
+        notes: vec![format!(
+            "visibility: {samples} single events {PAUSE:?} apart, each timed from the produce call \
+             to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?}; the \
+             direct write is ProfileStores::upsert of the same update from the harness, polled the \
+             same way"
+        )],
+    })
+}
+
+/// Polls both stores until they show the device's event.
+async fn wait_visible(harness: &Harness, device_id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + VISIBLE_TIMEOUT;
+    while !harness
+        .both_show(device_id, "seen")
+        .await
+        .context("cannot read the stores")?
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("{device_id} not visible in both stores after {VISIBLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}

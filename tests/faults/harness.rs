@@ -1,0 +1,376 @@
+//! What every fault scenario shares: the suite's size switch, control of the stack's servers,
+//! a stream of versioned device profile events, and the exact end-of-scenario check that every
+//! device is at its latest version in both stores.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redis::aio::ConnectionManager;
+use scylla::client::session::Session;
+use serde_json::{json, Value};
+
+use crate::common::cache_fixture::redis_connection;
+use crate::common::{cassandra_session, stack, unique};
+
+/// `FAULTS_FULL=1` runs the full sizes of RELIABILITY.md; the default is CI's quick subset.
+pub fn full() -> bool {
+    std::env::var("FAULTS_FULL").is_ok_and(|value| value == "1")
+}
+
+/// `quick` in CI, `full` with `FAULTS_FULL=1`.
+pub fn size<T>(quick: T, full_size: T) -> T {
+    if full() {
+        full_size
+    } else {
+        quick
+    }
+}
+
+/// Consumer group settings that notice a `kill -9`ed member in 6 s instead of librdkafka's
+/// 45 s (the broker's smallest allowed session), so scenarios do not wait on dead members.
+pub fn with_short_sessions(mut env: HashMap<String, String>) -> HashMap<String, String> {
+    env.insert(
+        "KAFKA_CONFIG".into(),
+        "session.timeout.ms=6000,heartbeat.interval.ms=1500".into(),
+    );
+    env
+}
+
+/// Runs `scripts/stack ACTION SERVER` with this process's environment, so `STACK_DIR` and the
+/// `STACK_*_PORT` variables pick the stack the suite runs against.
+pub fn stack_control(action: &str, server: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
+    let output = std::process::Command::new(script)
+        .args([action, server])
+        .output()
+        .expect("cannot run scripts/stack");
+    assert!(
+        output.status.success(),
+        "scripts/stack {action} {server} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One of the stack's servers, stopped; started again by `restart` or, if the scenario
+/// panics first, on drop, so that a failed scenario does not leave the stack broken.
+pub struct StoppedServer {
+    server: &'static str,
+    running: bool,
+}
+
+impl StoppedServer {
+    pub fn stop(server: &'static str) -> Self {
+        println!("fault: stopping {server}");
+        stack_control("stop", server);
+        StoppedServer {
+            server,
+            running: false,
+        }
+    }
+
+    pub fn restart(mut self) {
+        println!("fault: starting {} again", self.server);
+        stack_control("start", self.server);
+        self.running = true;
+    }
+}
+
+impl Drop for StoppedServer {
+    fn drop(&mut self) {
+        if !self.running {
+            let _ =
+                std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
+                    .args(["start", self.server])
+                    .status();
+        }
+    }
+}
+
+/// Devices that each receive versions `1..=versions`; version `v` of a device sets
+/// `api_last_updated_on = BASE + v` and `city = "v{v}"`, so the latest version is visible in
+/// both stores.
+pub struct VersionedStream {
+    pub devices: Vec<String>,
+    pub versions: i64,
+}
+
+const BASE_VERSION: i64 = 1_700_000_000_000;
+
+impl VersionedStream {
+    pub fn new(prefix: &str, devices: usize, versions: i64) -> Self {
+        let run = unique(prefix);
+        VersionedStream {
+            devices: (0..devices).map(|i| format!("{run}-{i}")).collect(),
+            versions,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len() * self.versions as usize
+    }
+
+    pub fn event(device: &str, version: i64) -> Value {
+        json!({
+            "device_id": device,
+            "api_last_updated_on": BASE_VERSION + version,
+            "city": format!("v{version}"),
+            "first_access": BASE_VERSION - version,
+        })
+    }
+
+    /// Every event, version by version, as (key, value).
+    pub fn events(&self) -> Vec<(String, Vec<u8>)> {
+        (1..=self.versions)
+            .flat_map(|version| {
+                self.devices.iter().map(move |device| {
+                    let value = Self::event(device, version).to_string().into_bytes();
+                    (device.clone(), value)
+                })
+            })
+            .collect()
+    }
+}
+
+/// Produces `events` to `topic`, many in flight at once; panics if one is not delivered.
+pub async fn produce_all(producer: &FutureProducer, topic: &str, events: &[(String, Vec<u8>)]) {
+    let mut in_flight = FuturesUnordered::new();
+    for (key, value) in events {
+        if in_flight.len() >= 1000 {
+            delivered(in_flight.next().await);
+        }
+        let record = FutureRecord::to(topic).key(key.as_str()).payload(value);
+        in_flight.push(producer.send(record, Duration::from_secs(300)));
+    }
+    while let Some(result) = in_flight.next().await {
+        delivered(Some(result));
+    }
+}
+
+fn delivered(result: Option<OwnedDeliveryResult>) {
+    if let Some(Err((error, _))) = result {
+        panic!("an event was not delivered: {error}");
+    }
+}
+
+/// Produces `events` in `blocks` equal blocks, `pause` apart: a push that lasts a while, so
+/// faults can hit it in the middle.
+pub async fn produce_paced(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[(String, Vec<u8>)],
+    blocks: usize,
+    pause: Duration,
+) {
+    for block in events.chunks(events.len().div_ceil(blocks).max(1)) {
+        produce_all(producer, topic, block).await;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// How many devices are where the check wants them, per store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreCount {
+    pub redis_latest: usize,
+    pub cassandra_latest: usize,
+}
+
+/// `city` of every device in Redis.
+async fn redis_cities(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    devices: &[String],
+) -> Vec<Option<String>> {
+    let mut cities = Vec::with_capacity(devices.len());
+    for chunk in devices.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for device in chunk {
+            pipe.hget(format!("{prefix}{device}"), "city");
+        }
+        let part: Vec<Option<String>> = pipe.query_async(redis).await.expect("HGET pipeline");
+        cities.extend(part);
+    }
+    cities
+}
+
+/// `city` of every device in Cassandra.
+async fn cassandra_cities(
+    session: &Session,
+    keyspace: &str,
+    devices: &[String],
+) -> HashMap<String, Option<String>> {
+    let cql = format!("SELECT device_id, city FROM {keyspace}.device_profile WHERE device_id IN ?");
+    let statement = session.prepare(cql).await.expect("prepare SELECT");
+    let statement = &statement;
+    futures::stream::iter(devices.chunks(100))
+        .map(|chunk| async move {
+            let result = session
+                .execute_unpaged(statement, (chunk.to_vec(),))
+                .await
+                .ok()?;
+            let rows = result.into_rows_result().ok()?;
+            let rows: Vec<(String, Option<String>)> = rows
+                .rows::<(String, Option<String>)>()
+                .ok()?
+                .collect::<Result<_, _>>()
+                .ok()?;
+            Some(rows)
+        })
+        .buffer_unordered(8)
+        .filter_map(|rows| async move { rows })
+        .map(futures::stream::iter)
+        .flatten()
+        .collect()
+        .await
+}
+
+/// Counts the devices of `stream` whose latest version is in each store.
+pub async fn count_latest(env: &HashMap<String, String>, stream: &VersionedStream) -> StoreCount {
+    let latest = format!("v{}", stream.versions);
+    let mut redis = redis_connection().await;
+    let redis_latest = redis_cities(&mut redis, &env["REDIS_DEVICE_KEY_PREFIX"], &stream.devices)
+        .await
+        .iter()
+        .filter(|city| city.as_deref() == Some(latest.as_str()))
+        .count();
+    let session = cassandra_session().await;
+    let rows = cassandra_cities(&session, &env["CASSANDRA_KEYSPACE"], &stream.devices).await;
+    let cassandra_latest = stream
+        .devices
+        .iter()
+        .filter(|device| rows.get(*device).and_then(Option::as_deref) == Some(latest.as_str()))
+        .count();
+    StoreCount {
+        redis_latest,
+        cassandra_latest,
+    }
+}
+
+/// Waits until every device of `stream` is at its latest version in both stores. Catching up
+/// on a large push may take long on a small machine, so it fails only when the counts stop
+/// moving for `stall`: then it panics with the devices missing or behind. Returns the devices.
+pub async fn assert_all_latest(
+    env: &HashMap<String, String>,
+    stream: &VersionedStream,
+    stall: Duration,
+) -> usize {
+    let devices = stream.devices.len();
+    let mut last = (0, 0);
+    let mut last_progress = Instant::now();
+    loop {
+        let count = count_latest(env, stream).await;
+        if count.redis_latest == devices && count.cassandra_latest == devices {
+            return devices;
+        }
+        let now = (count.redis_latest, count.cassandra_latest);
+        if now != last {
+            (last, last_progress) = (now, Instant::now());
+        }
+        assert!(
+            last_progress.elapsed() < stall,
+            "no progress for {stall:?}: of {devices} devices only {} are at the latest version \
+             in Redis and {} in Cassandra: {} lost",
+            count.redis_latest,
+            count.cassandra_latest,
+            devices - count.redis_latest.min(count.cassandra_latest)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn kafka_client(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", stack().kafka_brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("Kafka client")
+}
+
+/// Every partition of `topic`.
+fn partitions(client: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Records in `topic` (the sum of its partitions' high watermarks; nothing is deleted).
+pub async fn topic_records(topic: &str) -> i64 {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let client = kafka_client(&unique("watermarks"));
+        partitions(&client, &topic)
+            .into_iter()
+            .map(|partition| {
+                client
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .sum()
+    })
+    .await
+    .expect("watermarks task")
+}
+
+/// The offsets `group` committed on `topic`, summed over partitions (0 where none).
+pub async fn committed_records(group: &str, topic: &str) -> i64 {
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let client = kafka_client(&group);
+        let mut list = TopicPartitionList::new();
+        for partition in partitions(&client, &topic) {
+            list.add_partition(&topic, partition);
+        }
+        let committed = client
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum()
+    })
+    .await
+    .expect("committed offsets task")
+}
+
+/// One row of RELIABILITY.md, printed so that a run's figures can be copied from its output
+/// (`cargo test --test faults -- --ignored --nocapture`).
+pub struct Figures<'a> {
+    pub scenario: &'a str,
+    pub produced: usize,
+    pub stored: usize,
+    pub dead_lettered: usize,
+    pub lost: usize,
+    pub faults: usize,
+    pub started: Instant,
+}
+
+impl Figures<'_> {
+    pub fn print(&self) {
+        println!(
+            "FIGURES | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            self.scenario,
+            self.produced,
+            self.stored,
+            self.dead_lettered,
+            self.lost,
+            self.faults,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
