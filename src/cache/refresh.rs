@@ -1,9 +1,10 @@
 //! One customer cache refresh (`CONTRACT.md` §4): probes from Hawkeye, each contacted device
-//! checked in Bruin (concurrently, bounded), the kept devices upserted into the profile stores,
-//! then the new cache published atomically. A refresh that fails leaves the live cache as it
+//! checked in Bruin (concurrently, bounded), each kept device upserted into the profile stores
+//! as soon as it is known (while the other checks run), then the new cache published
+//! atomically. A refresh that fails leaves the live cache as it
 //! was. Every run ends with a log summary, metrics and notifications (§6).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
 use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
 
 use super::keys::CacheKeys;
 use super::publish::{self, Generation, PublishError, RefreshLock};
@@ -22,7 +24,7 @@ use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
 use crate::stores::{ProfileStores, StoreError};
 
-/// Devices per call to the profile stores.
+/// Most devices per call to the profile stores (calls take what has arrived meanwhile).
 const PROFILE_CHUNK: usize = 1000;
 /// Calls per profile chunk before the refresh fails (the writes are idempotent).
 const PROFILE_ATTEMPTS: u32 = 3;
@@ -192,7 +194,9 @@ impl Refresher {
         attempts: &AtomicU32,
     ) -> Result<Crossing, RefreshError> {
         let probes = self.fetch_probes(attempts).await?;
-        let crossing = self.check_devices(probes).await;
+        let crossing = self
+            .check_devices(probes, started_at.timestamp_millis())
+            .await?;
         if crossing.too_many_errors(self.settings.bruin_max_error_ratio) {
             return Err(RefreshError::TooManyBruinErrors {
                 errors: crossing.errors,
@@ -201,9 +205,6 @@ impl Refresher {
                 last_error: crossing.last_error.clone().unwrap_or_default(),
             });
         }
-        let crossing = self
-            .upsert_profiles(crossing, started_at.timestamp_millis())
-            .await?;
         self.publish(lock, run_id, started_at, &crossing).await?;
         Ok(crossing)
     }
@@ -233,8 +234,16 @@ impl Refresher {
     }
 
     /// Skips the never-contacted probes and checks the others in Bruin, at most
-    /// `BRUIN_CONCURRENCY` devices (each one call at a time) in flight.
-    async fn check_devices(&self, probes: Vec<Probe>) -> Crossing {
+    /// `BRUIN_CONCURRENCY` devices (each one call at a time) in flight. Each kept device goes to
+    /// the profile stores at once, so the writes hide behind the Bruin latency; the cache entry
+    /// then takes the last contact the stores hold, so a newer one pushed by a producer is not
+    /// rolled back. A refresh that fails later leaves these profile writes in place: they hold
+    /// what Hawkeye and Bruin said of each device, true whatever the rest of the run does.
+    async fn check_devices(
+        &self,
+        probes: Vec<Probe>,
+        version: i64,
+    ) -> Result<Crossing, RefreshError> {
         let mut crossing = Crossing::new(probes.len());
         let mut contacted = Vec::new();
         for (index, probe) in probes.into_iter().enumerate() {
@@ -243,13 +252,33 @@ impl Refresher {
                 None => crossing.drop_device(DropReason::NeverContacted),
             }
         }
-        let checks = stream::iter(contacted)
-            .map(|(index, probe, last_contact)| self.check_device(index, probe, last_contact))
-            .buffer_unordered(self.settings.bruin_concurrency)
-            .collect()
-            .await;
+        let (kept_tx, kept_rx) = mpsc::channel(PROFILE_CHUNK);
+        let checks = async move {
+            let kept_tx = &kept_tx;
+            let checks: Vec<DeviceCheck> = stream::iter(contacted)
+                .map(|(index, probe, last_contact)| async move {
+                    let check = self.check_device(index, probe, last_contact).await;
+                    if let Verdict::Kept(device) = &check.verdict {
+                        // The writer drains the channel until it closes, even after a failure.
+                        let _ = kept_tx.send(device.profile_update(version)).await;
+                    }
+                    check
+                })
+                .buffer_unordered(self.settings.bruin_concurrency)
+                .collect()
+                .await;
+            // Leaving this block drops the sender: the writer sees the channel close and ends.
+            checks
+        };
+        let (checks, stored) = tokio::join!(checks, self.upsert_as_checked(kept_rx));
         crossing.add_checks(checks);
-        crossing
+        let stored = stored?;
+        for device in &mut crossing.kept {
+            if let Some(last_contact) = stored.get(device.serial()) {
+                device.last_contact = last_contact.clone();
+            }
+        }
+        Ok(crossing)
     }
 
     async fn check_device(
@@ -299,26 +328,35 @@ impl Refresher {
         check(verdict, multiple)
     }
 
-    /// Upserts every kept device into both profile stores, and takes back the last contact
-    /// they hold: a newer one pushed by a producer wins over the one Hawkeye reported.
-    async fn upsert_profiles(
+    /// Upserts the kept devices as they arrive, in chunks of what arrived during the previous
+    /// call; returns the last contact each device holds afterwards, by serial. After a failed
+    /// chunk it keeps receiving (so the checks never wait on a full channel) but writes no more.
+    async fn upsert_as_checked(
         &self,
-        mut crossing: Crossing,
-        version: i64,
-    ) -> Result<Crossing, RefreshError> {
-        for devices in crossing.kept.chunks_mut(PROFILE_CHUNK) {
-            let updates: Vec<ProfileUpdate> = devices
-                .iter()
-                .map(|device| device.profile_update(version))
-                .collect();
-            let stored = self.upsert_chunk(&updates).await?;
-            for (device, stored) in devices.iter_mut().zip(stored) {
-                if let Some(last_contact) = stored {
-                    device.last_contact = last_contact;
+        mut kept: mpsc::Receiver<ProfileUpdate>,
+    ) -> Result<HashMap<String, LastContact>, RefreshError> {
+        let mut stored = HashMap::new();
+        let mut failure = None;
+        let mut chunk = Vec::with_capacity(PROFILE_CHUNK);
+        while kept.recv_many(&mut chunk, PROFILE_CHUNK).await > 0 {
+            if failure.is_none() {
+                match self.upsert_chunk(&chunk).await {
+                    Ok(last_contacts) => {
+                        for (update, last_contact) in chunk.iter().zip(last_contacts) {
+                            if let Some(last_contact) = last_contact {
+                                stored.insert(update.device_id.clone(), last_contact);
+                            }
+                        }
+                    }
+                    Err(e) => failure = Some(e),
                 }
             }
+            chunk.clear();
         }
-        Ok(crossing)
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(stored),
+        }
     }
 
     async fn upsert_chunk(
