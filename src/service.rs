@@ -61,9 +61,13 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
     let redis = RedisStore::connect(&settings.stores)
         .await
         .context("cannot reach Redis (REDIS_URL)")?;
+    let cassandra_settings = match settings.stores.cassandra_credentials {
+        Some(_) => "CASSANDRA_NODES, CASSANDRA_USERNAME, CASSANDRA_PASSWORD",
+        None => "CASSANDRA_NODES",
+    };
     let cassandra = CassandraStore::connect(&settings.stores)
         .await
-        .context("cannot set up Cassandra (CASSANDRA_NODES)")?;
+        .with_context(|| format!("cannot set up Cassandra ({cassandra_settings})"))?;
     tracing::info!(keyspace = cassandra.keyspace(), "stores ready");
     let profiles = ProfileStores::new(redis.clone(), cassandra.clone(), metrics.clone())
         .await

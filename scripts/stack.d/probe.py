@@ -3,14 +3,17 @@
 
   probe.py kafka HOST:PORT          one ApiVersions + Metadata round trip; exit 0 when the broker
                                     answers with itself in the broker list and a controller id
-  probe.py cql HOST:PORT [STMT...]  run CQL statements over native protocol v4 (no auth) and print
-                                    any rows, tab-separated, with a header line; exit 0 on success.
+  probe.py cql HOST:PORT [STMT...]  run CQL statements over native protocol v4 and print any rows,
+                                    tab-separated, with a header line; exit 0 on success.
                                     Default statement: SELECT release_version FROM system.local
+                                    A server that asks for authentication gets SASL PLAIN with
+                                    CQL_USERNAME / CQL_PASSWORD from the environment.
 
 Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protocol failure.
 """
 
 import datetime
+import os
 import socket
 import struct
 import sys
@@ -124,6 +127,7 @@ def probe_kafka(addr):
 # ---------------------------------------------------------------- CQL (native protocol v4)
 
 OP_ERROR, OP_STARTUP, OP_READY, OP_AUTHENTICATE, OP_QUERY, OP_RESULT = 0, 1, 2, 3, 7, 8
+OP_AUTH_RESPONSE, OP_AUTH_SUCCESS = 0x0F, 0x10
 CONSISTENCY_ONE = 1
 
 
@@ -213,14 +217,23 @@ def decode(t, b):
     return "0x" + b.hex()
 
 
+def authenticate(sock):
+    user, password = os.environ.get("CQL_USERNAME"), os.environ.get("CQL_PASSWORD")
+    if not user or password is None:
+        raise ServerError("server requires authentication: set CQL_USERNAME and CQL_PASSWORD")
+    token = b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")
+    op, _ = cql_frame(sock, 1, OP_AUTH_RESPONSE, struct.pack(">i", len(token)) + token)
+    return op
+
+
 def cql_run(addr, statements):
     with socket.create_connection(parse_addr(addr), timeout=TIMEOUT) as sock:
         sock.settimeout(max(TIMEOUT, 30.0))
         op, _ = cql_frame(sock, 1, OP_STARTUP, struct.pack(">H", 1) + cql_string("CQL_VERSION")
                           + cql_string("3.0.0"))
         if op == OP_AUTHENTICATE:
-            raise ServerError("server requires authentication (not supported by this probe)")
-        if op != OP_READY:
+            op = authenticate(sock)
+        if op not in (OP_READY, OP_AUTH_SUCCESS):
             raise ValueError("unexpected opcode %d after STARTUP" % op)
         for i, stmt in enumerate(statements):
             q = stmt.encode("utf-8")

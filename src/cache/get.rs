@@ -3,6 +3,7 @@
 //!
 //! | case | status | body |
 //! |---|---|---|
+//! | value over [`MAX_REQUEST_BYTES`] (not parsed) | 400 | a line giving the size and the limit |
 //! | value missing, not JSON, not an object, or no `body` object | 400 | [`MISSING_BODY`] |
 //! | `last_contact_filter` present (not `null`) but not a datetime | 400 | a line naming the value |
 //! | no refresh has ever succeeded | 202 | [`STILL_BUILDING`] |
@@ -25,6 +26,10 @@ pub const NO_DEVICES: &str = "No devices were found for the specified filters";
 /// Not in the contract's table: the cache store could not be read (the request may be retried).
 pub const UNAVAILABLE: &str = "The customer cache cannot be read right now; try again later";
 
+/// A request is a few hundred bytes; a larger one is refused before it is parsed, so that
+/// neither its parse nor an echoed `request_id` can grow without bound.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// A request that can be answered from the cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -45,6 +50,14 @@ pub fn parse_request(value: Option<&[u8]>, zone: Tz) -> Result<Request, Rejected
         request_id,
         reason: MISSING_BODY.to_string(),
     };
+    if let Some(bytes) = value.map(<[u8]>::len).filter(|&n| n > MAX_REQUEST_BYTES) {
+        return Err(Rejected {
+            request_id: Value::Null,
+            reason: format!(
+                "the request is {bytes} bytes, larger than the limit of {MAX_REQUEST_BYTES} bytes"
+            ),
+        });
+    }
     let Some(Value::Object(mut request)) = value.and_then(|v| serde_json::from_slice(v).ok())
     else {
         return Err(missing_body(Value::Null));
@@ -260,6 +273,29 @@ mod tests {
             reply,
             json!({"request_id": "r1", "status": 400, "body": MISSING_BODY})
         );
+    }
+
+    #[test]
+    fn an_oversized_request_is_400_without_being_parsed() {
+        let padding = "x".repeat(MAX_REQUEST_BYTES);
+        let reply = reply_of(
+            json!({"request_id": "big", "body": {}, "pad": padding}),
+            None,
+        );
+        assert_eq!(reply["status"], 400);
+        assert_eq!(reply["request_id"], Value::Null);
+        let reason = reply["body"].as_str().unwrap();
+        assert!(
+            reason.contains("larger than the limit of 65536 bytes"),
+            "{reason}"
+        );
+
+        let just_fits = "x".repeat(MAX_REQUEST_BYTES - 100);
+        let reply = reply_of(
+            json!({"request_id": "ok", "body": {}, "pad": just_fits}),
+            None,
+        );
+        assert_eq!(reply["status"], 202);
     }
 
     #[test]

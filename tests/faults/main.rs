@@ -18,6 +18,7 @@
 #[path = "../it/common/mod.rs"]
 mod common;
 
+mod cassandra_auth;
 mod harness;
 mod kill9;
 mod outages;

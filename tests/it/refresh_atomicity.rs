@@ -78,14 +78,19 @@ async fn readers_see_the_old_or_the_new_cache_never_a_mix() {
         let (stop, keys, mut redis) = (stop.clone(), keys.clone(), redis.clone());
         async move {
             let mut seen = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
+            loop {
+                // One more read after the stop, so the last state (after the publish) is
+                // always seen, however the reader and the test were scheduled.
+                let stopping = stop.load(Ordering::SeqCst);
                 let observation = observe(&mut redis, &keys).await;
                 if seen.last() != Some(&observation) {
                     seen.push(observation);
                 }
+                if stopping {
+                    break seen;
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            seen
         }
     });
     let mut service = ServiceProcess::start(new_env.clone());
