@@ -7,7 +7,7 @@ mod get;
 mod probe;
 mod push;
 mod refresh;
-mod service;
+pub mod service;
 pub mod table;
 mod visibility;
 

@@ -9,15 +9,10 @@ pub mod refresh;
 pub mod request_reply;
 pub mod service;
 
+pub use hawkeye_customer_cache::bench::Stack;
 pub use service::ServiceProcess;
 
 /// Endpoints of the local stack, from the environment `scripts/stack env` prints.
-pub struct Stack {
-    pub kafka_brokers: String,
-    pub redis_url: String,
-    pub cassandra_nodes: String,
-}
-
 pub fn stack() -> Stack {
     let read = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {

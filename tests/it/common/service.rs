@@ -8,46 +8,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use super::{free_port, stack, unique};
+use super::{stack, unique};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_hawkeye-customer-cache");
 
 /// The environment of one isolated service instance: its own topics, group, Redis prefixes,
-/// HTTP port. Tests change entries before `start`.
+/// HTTP port (the benchmark harness's, `bench::service::isolated_env`), with the tests' own
+/// keyspace and info logs. Tests change entries before `start`.
 pub fn isolated_env() -> HashMap<String, String> {
-    let stack = stack();
-    let run = unique("t");
-    let mut env = HashMap::new();
-    let mut set = |key: &str, value: String| {
-        env.insert(key.to_string(), value);
-    };
-    set("KAFKA_BROKERS", stack.kafka_brokers);
-    set("REDIS_URL", stack.redis_url);
-    set("CASSANDRA_NODES", stack.cassandra_nodes);
-    set("CASSANDRA_KEYSPACE", "hcc_test".into());
-    set("KAFKA_GROUP_ID", format!("{run}.group"));
-    set("ENVIRONMENT_NAME", run.clone());
-    set("REDIS_DEVICE_KEY_PREFIX", format!("{run}:device:"));
-    for (variable, topic) in [
-        ("TOPIC_PROFILE_UPDATES", "profile.updates"),
-        ("TOPIC_PROFILE_DLQ", "profile.updates.dlq"),
-        ("TOPIC_REFRESH", "refresh"),
-        ("TOPIC_GET", "get"),
-        ("TOPIC_REPLY", "reply"),
-        ("TOPIC_NOTIFICATIONS", "notifications"),
-    ] {
-        set(variable, format!("{run}.{topic}"));
-    }
-    set("HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
-    // No API is reachable here: tests that refresh point these at the simulator.
-    set("HAWKEYE_BASE_URL", "http://127.0.0.1:9/".into());
-    set("HAWKEYE_USERNAME", "user".into());
-    set("HAWKEYE_PASSWORD", "hawkeye-secret".into());
-    set("BRUIN_BASE_URL", "http://127.0.0.1:9/".into());
-    set("BRUIN_LOGIN_URL", "http://127.0.0.1:9/".into());
-    set("BRUIN_CLIENT_ID", "client".into());
-    set("BRUIN_CLIENT_SECRET", "bruin-secret".into());
-    set("RUST_LOG", "info".into());
+    let mut env = hawkeye_customer_cache::bench::service::isolated_env(&stack(), &unique("t"));
+    env.insert("CASSANDRA_KEYSPACE".into(), "hcc_test".into());
+    env.insert("RUST_LOG".into(), "info".into());
     env
 }
 
