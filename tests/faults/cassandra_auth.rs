@@ -48,9 +48,15 @@ impl PasswordCassandra {
         cassandra
     }
 
-    /// `scripts/stack ARGS` on this node's stack directory.
+    /// `scripts/stack ARGS` on this node's stack directory, without the `STACK_*` settings of
+    /// the shared stack this test runs beside (its ports would not match this node's).
     fn stack(&self, args: &[&str]) -> Command {
         let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("STACK_") {
+                command.env_remove(name);
+            }
+        }
         command.args(args).env("STACK_DIR", &self.stack_dir);
         command
     }
@@ -67,8 +73,18 @@ impl PasswordCassandra {
 
 impl Drop for PasswordCassandra {
     fn drop(&mut self) {
-        // Best effort: a panic here would abort the test run.
-        let _ = self.stack(&["down"]).output();
+        // A panic here would abort the test run: report instead.
+        match self.stack(&["down"]).output() {
+            Ok(output) if output.status.success() => {
+                let _ = std::fs::remove_dir_all(&self.stack_dir);
+            }
+            Ok(output) => eprintln!(
+                "scripts/stack down of {} failed: {}",
+                self.stack_dir.display(),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(e) => eprintln!("cannot run scripts/stack down: {e}"),
+        }
     }
 }
 
