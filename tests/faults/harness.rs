@@ -16,6 +16,7 @@ use scylla::client::session::Session;
 use serde_json::{json, Value};
 
 use crate::common::cache_fixture::redis_connection;
+use crate::common::service::run_to_exit;
 use crate::common::{cassandra_session, stack, unique};
 
 /// `FAULTS_FULL=1` runs the full sizes of RELIABILITY.md; the default is CI's quick subset.
@@ -40,6 +41,28 @@ pub fn with_short_sessions(mut env: HashMap<String, String>) -> HashMap<String, 
         "session.timeout.ms=6000,heartbeat.interval.ms=1500".into(),
     );
     env
+}
+
+/// Runs the service with `env` (credentials a store refuses) to its exit: it must exit 1 with
+/// exactly one line naming `setting`, and no line may show any of `secrets`. Returns that line.
+pub async fn refused_start_up(
+    env: &HashMap<String, String>,
+    setting: &str,
+    secrets: &[&str],
+) -> String {
+    let (code, stderr) = run_to_exit(env, Duration::from_secs(60)).await;
+    assert_eq!(code, 1, "an unreachable store exits 1: {stderr:?}");
+    let errors: Vec<&String> = stderr
+        .iter()
+        .filter(|line| line.contains(setting))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line names {setting}: {stderr:#?}");
+    for line in &stderr {
+        for secret in secrets {
+            assert!(!line.contains(secret), "a password leaked: {line}");
+        }
+    }
+    errors[0].clone()
 }
 
 /// Runs `scripts/stack ACTION SERVER` with this process's environment, so `STACK_DIR` and the
