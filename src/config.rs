@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -234,6 +235,13 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub cassandra_password: String,
+    /// TLS to Cassandra (client-to-node encryption): the node's certificate must chain to
+    /// `CASSANDRA_TLS_CA_FILE` (else the system's roots) and name the node's IP address.
+    #[arg(long, env = "CASSANDRA_TLS", default_value = "false")]
+    pub cassandra_tls: String,
+    /// PEM file of the CA certificates the Cassandra nodes' certificates chain to.
+    #[arg(long, env = "CASSANDRA_TLS_CA_FILE", default_value = "")]
+    pub cassandra_tls_ca_file: String,
     /// Prefix of every Redis key of the customer cache.
     #[arg(long, env = "ENVIRONMENT_NAME", default_value = "dev")]
     pub environment_name: String,
@@ -247,7 +255,15 @@ pub struct StoreSettings {
     pub cassandra_keyspace: String,
     pub cassandra_create_keyspace: bool,
     pub cassandra_credentials: Option<(String, Secret)>,
+    pub cassandra_tls: Option<CassandraTls>,
     pub environment_name: String,
+}
+
+/// TLS to Cassandra; the CA file was readable PEM at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CassandraTls {
+    /// `None`: the system's root certificates.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -265,6 +281,7 @@ impl StoreArgs {
                 &self.cassandra_username,
                 &self.cassandra_password,
             )?,
+            cassandra_tls: cassandra_tls(&self.cassandra_tls, &self.cassandra_tls_ca_file)?,
             environment_name: non_empty("ENVIRONMENT_NAME", &self.environment_name)?,
         })
     }
@@ -322,6 +339,36 @@ fn cassandra_credentials(
             "CASSANDRA_USERNAME",
             "is empty while CASSANDRA_PASSWORD is set",
         )),
+    }
+}
+
+fn cassandra_tls(enabled: &str, ca_file: &str) -> Result<Option<CassandraTls>, ConfigError> {
+    let enabled = boolean("CASSANDRA_TLS", enabled)?;
+    let ca_file = ca_file.trim();
+    match (enabled, ca_file.is_empty()) {
+        (false, true) => Ok(None),
+        (false, false) => Err(invalid(
+            "CASSANDRA_TLS_CA_FILE",
+            "is set while CASSANDRA_TLS is false",
+        )),
+        (true, true) => Ok(Some(CassandraTls { ca_file: None })),
+        (true, false) => {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                invalid(
+                    "CASSANDRA_TLS_CA_FILE",
+                    format!("cannot read {ca_file}: {e}"),
+                )
+            })?;
+            match openssl::x509::X509::stack_from_pem(&pem) {
+                Ok(certificates) if !certificates.is_empty() => Ok(Some(CassandraTls {
+                    ca_file: Some(PathBuf::from(ca_file)),
+                })),
+                _ => Err(invalid(
+                    "CASSANDRA_TLS_CA_FILE",
+                    format!("{ca_file} holds no PEM certificate"),
+                )),
+            }
+        }
     }
 }
 
@@ -713,6 +760,41 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.setting, "CASSANDRA_KEYSPACE");
+    }
+
+    #[test]
+    fn cassandra_tls_needs_a_readable_pem_ca_file() {
+        let stores = |args: &[&str]| parse(args).stores.validate();
+        assert_eq!(stores(&[]).unwrap().cassandra_tls, None);
+        assert_eq!(
+            stores(&["--cassandra-tls", "true"]).unwrap().cassandra_tls,
+            Some(CassandraTls { ca_file: None })
+        );
+        assert_eq!(
+            stores(&["--cassandra-tls", "maybe"]).unwrap_err().setting,
+            "CASSANDRA_TLS"
+        );
+        let without_tls = stores(&["--cassandra-tls-ca-file", "/ca.pem"]).unwrap_err();
+        assert_eq!(without_tls.setting, "CASSANDRA_TLS_CA_FILE");
+
+        let missing = "/nonexistent/ca.pem";
+        let err =
+            stores(&["--cassandra-tls", "1", "--cassandra-tls-ca-file", missing]).unwrap_err();
+        assert_eq!(err.setting, "CASSANDRA_TLS_CA_FILE");
+        assert!(
+            err.to_string().contains("cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+
+        let not_pem = std::env::temp_dir().join(format!("hcc-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let path = not_pem.to_string_lossy().to_string();
+        let err = stores(&["--cassandra-tls", "1", "--cassandra-tls-ca-file", &path]).unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -61,13 +61,14 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
     let redis = RedisStore::connect(&settings.stores)
         .await
         .context("cannot reach Redis (REDIS_URL)")?;
-    let cassandra_settings = match settings.stores.cassandra_credentials {
-        Some(_) => "CASSANDRA_NODES, CASSANDRA_USERNAME, CASSANDRA_PASSWORD",
-        None => "CASSANDRA_NODES",
-    };
     let cassandra = CassandraStore::connect(&settings.stores)
         .await
-        .with_context(|| format!("cannot set up Cassandra ({cassandra_settings})"))?;
+        .with_context(|| {
+            format!(
+                "cannot set up Cassandra ({})",
+                cassandra_settings(&settings.stores)
+            )
+        })?;
     tracing::info!(keyspace = cassandra.keyspace(), "stores ready");
     let profiles = ProfileStores::new(redis.clone(), cassandra.clone(), metrics.clone())
         .await
@@ -119,6 +120,22 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
 }
 
 /// The device profile push, consuming in the service's group.
+/// The settings a Cassandra start-up error names: the contact points, and the credential and
+/// TLS settings when they are in use.
+fn cassandra_settings(stores: &StoreSettings) -> String {
+    let mut names = vec!["CASSANDRA_NODES"];
+    if stores.cassandra_credentials.is_some() {
+        names.extend(["CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"]);
+    }
+    if let Some(tls) = &stores.cassandra_tls {
+        names.push("CASSANDRA_TLS");
+        if tls.ca_file.is_some() {
+            names.push("CASSANDRA_TLS_CA_FILE");
+        }
+    }
+    names.join(", ")
+}
+
 fn profile_pipeline(
     settings: &RunSettings,
     producer: &FutureProducer,

@@ -8,6 +8,8 @@
                                     Default statement: SELECT release_version FROM system.local
                                     A server that asks for authentication gets SASL PLAIN with
                                     CQL_USERNAME / CQL_PASSWORD from the environment.
+                                    CQL_TLS_CA_FILE set: TLS, the server's certificate
+                                    verified against that PEM file.
 
 Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protocol failure.
 """
@@ -15,6 +17,7 @@ Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protoco
 import datetime
 import os
 import socket
+import ssl
 import struct
 import sys
 import uuid
@@ -226,8 +229,21 @@ def authenticate(sock):
     return op
 
 
+def connect(addr):
+    host, port = parse_addr(addr)
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    ca_file = os.environ.get("CQL_TLS_CA_FILE")
+    if not ca_file:
+        return sock
+    try:
+        return ssl.create_default_context(cafile=ca_file).wrap_socket(sock, server_hostname=host)
+    except (OSError, ssl.SSLError):
+        sock.close()
+        raise
+
+
 def cql_run(addr, statements):
-    with socket.create_connection(parse_addr(addr), timeout=TIMEOUT) as sock:
+    with connect(addr) as sock:
         sock.settimeout(max(TIMEOUT, 30.0))
         op, _ = cql_frame(sock, 1, OP_STARTUP, struct.pack(">H", 1) + cql_string("CQL_VERSION")
                           + cql_string("3.0.0"))

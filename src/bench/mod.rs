@@ -216,6 +216,8 @@ pub fn store_settings(env: &HashMap<String, String>) -> anyhow::Result<StoreSett
         cassandra_create_keyspace: "true".into(),
         cassandra_username: String::new(),
         cassandra_password: String::new(),
+        cassandra_tls: "false".into(),
+        cassandra_tls_ca_file: String::new(),
         environment_name: get("ENVIRONMENT_NAME"),
     };
     Ok(args.validate()?)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
+use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchType};
@@ -13,7 +14,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 
 use super::StoreError;
-use crate::config::StoreSettings;
+use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
 use crate::profile::{ProfileUpdate, TextField};
 
@@ -26,6 +27,16 @@ pub struct CassandraStore {
     keyspace: String,
 }
 
+/// OpenSSL's client defaults (peer verification on); the driver checks that the certificate
+/// names the node's IP address.
+fn tls_connector(tls: &CassandraTls) -> Result<SslConnectorBuilder, openssl::error::ErrorStack> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+    if let Some(ca_file) = &tls.ca_file {
+        builder.set_ca_file(ca_file)?;
+    }
+    Ok(builder)
+}
+
 impl CassandraStore {
     /// Connects, creates the keyspace (when allowed) and the table when missing.
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
@@ -34,6 +45,11 @@ impl CassandraStore {
             .connection_timeout(Duration::from_secs(5));
         if let Some((user, password)) = &settings.cassandra_credentials {
             builder = builder.user(user, password.expose());
+        }
+        if let Some(tls) = &settings.cassandra_tls {
+            let connector =
+                tls_connector(tls).map_err(|e| StoreError::cassandra("cannot set up TLS", e))?;
+            builder = builder.tls_context(Some(connector));
         }
         let session = builder
             .build()

@@ -16,8 +16,9 @@ use scylla::client::session::Session;
 use serde_json::{json, Value};
 
 use crate::common::cache_fixture::redis_connection;
+use crate::common::profiles::{produce_json, producer};
 use crate::common::service::run_to_exit;
-use crate::common::{cassandra_session, stack, unique};
+use crate::common::{cassandra_session, stack, unique, ServiceProcess};
 
 /// `FAULTS_FULL=1` runs the full sizes of RELIABILITY.md; the default is CI's quick subset.
 pub fn full() -> bool {
@@ -41,6 +42,21 @@ pub fn with_short_sessions(mut env: HashMap<String, String>) -> HashMap<String, 
         "session.timeout.ms=6000,heartbeat.interval.ms=1500".into(),
     );
     env
+}
+
+/// Starts the service with `env` (a store with credentials) and publishes one profile event
+/// with `city = "Secure"`; returns the running service and the event's device.
+pub async fn start_and_push_one(env: &HashMap<String, String>) -> (ServiceProcess, String) {
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(120)).await;
+    let device = unique("auth");
+    produce_json(
+        &producer(),
+        env,
+        &json!({"device_id": device, "city": "Secure"}),
+    )
+    .await;
+    (service, device)
 }
 
 /// Runs the service with `env` (credentials a store refuses) to its exit: it must exit 1 with

@@ -19,9 +19,11 @@
 mod common;
 
 mod cassandra_auth;
+mod cassandra_tls;
 mod harness;
 mod kill9;
 mod outages;
+mod own_cassandra;
 mod poison;
 mod rebalance;
 mod redis_auth;

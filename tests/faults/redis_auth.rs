@@ -6,12 +6,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use serde_json::json;
 
-use crate::common::profiles::{produce_json, producer};
+use crate::common::free_port;
 use crate::common::service::isolated_env;
-use crate::common::{free_port, unique, ServiceProcess};
-use crate::harness::refused_start_up;
+use crate::harness::{refused_start_up, start_and_push_one};
 
 /// A redis-server with a password, killed on drop.
 pub struct PasswordRedis {
@@ -83,16 +81,7 @@ async fn profiles_land_in_a_password_protected_redis_and_a_wrong_password_stops_
     let redis = PasswordRedis::start("Redis-Pa55-For-Auth-Test").await;
     let mut env = isolated_env();
     env.insert("REDIS_URL".into(), redis.url());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-
-    let device = unique("auth");
-    produce_json(
-        &producer(),
-        &env,
-        &json!({"device_id": device, "city": "Secure"}),
-    )
-    .await;
+    let (mut service, device) = start_and_push_one(&env).await;
     let key = format!("{}{device}", env["REDIS_DEVICE_KEY_PREFIX"]);
     let mut connection = redis.connection().await.expect("authenticated connection");
     let deadline = Instant::now() + Duration::from_secs(60);
