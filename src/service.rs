@@ -178,5 +178,6 @@ fn refresher(
             &settings.kafka.topics.notifications,
             &settings.stores.environment_name,
         ),
+        cache: LastContactPusher::new(redis, CacheKeys::new(&settings.stores.environment_name)),
     })
 }

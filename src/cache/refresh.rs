@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::keys::CacheKeys;
 use super::publish::{self, Generation, PublishError, RefreshLock};
 use super::rules::{self, ClientInfo, DropReason, KeptDevice};
+use super::snapshot::LastContactPusher;
 use crate::apis::{ApiError, BruinClient, HawkeyeClient, Probe, RetryPolicy};
 use crate::config::RefreshSettings;
 use crate::kafka::notifications::{Notification, Notifier, Requests};
@@ -163,6 +164,8 @@ pub struct Refresher {
     pub settings: RefreshSettings,
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
+    /// Brings newer profile `last_contact`s into the cache a refresh just published.
+    pub cache: LastContactPusher,
 }
 
 impl Refresher {
@@ -206,6 +209,7 @@ impl Refresher {
             });
         }
         self.publish(lock, run_id, started_at, &crossing).await?;
+        self.catch_up_last_contacts(&crossing).await;
         Ok(crossing)
     }
 
@@ -412,6 +416,48 @@ impl Refresher {
             }
         }
         published
+    }
+
+    /// A profile event may have moved a kept device's `last_contact` on after the refresh
+    /// upserted it and before the publish: it was pushed into the old cache (or found none), so
+    /// the new cache would miss it. Pushes every such later `last_contact` into the published
+    /// cache. Failing here fails no refresh (the cache is published); the next event or refresh
+    /// brings the value.
+    async fn catch_up_last_contacts(&self, crossing: &Crossing) {
+        let mut caught_up = 0;
+        for devices in crossing.kept.chunks(PROFILE_CHUNK) {
+            let serials: Vec<&str> = devices.iter().map(|device| device.serial()).collect();
+            let stored = match self.profiles.last_contacts(&serials).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the profiles' last contacts after the publish");
+                    return;
+                }
+            };
+            let later: Vec<ProfileUpdate> = devices
+                .iter()
+                .zip(stored)
+                .filter_map(|(device, stored)| {
+                    let stored = stored.filter(|stored| stored.at > device.last_contact.at)?;
+                    Some(ProfileUpdate {
+                        device_id: device.serial().to_string(),
+                        last_contact: Some(stored),
+                        ..ProfileUpdate::default()
+                    })
+                })
+                .collect();
+            if let Err(e) = self.cache.push(&later).await {
+                tracing::warn!(error = %e, "cannot push later last contacts into the new cache");
+                return;
+            }
+            caught_up += later.len();
+        }
+        if caught_up > 0 {
+            tracing::info!(
+                devices = caught_up,
+                "pushed last contacts that arrived during the refresh into the new cache"
+            );
+        }
     }
 
     async fn report(

@@ -45,4 +45,12 @@ impl ProfileStores {
             .inc_by(updates.len() as u64);
         Ok(stored)
     }
+
+    /// Each device's `last_contact` as the profile stores hold it now (read from Redis).
+    pub async fn last_contacts(
+        &self,
+        device_ids: &[&str],
+    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+        self.redis.last_contacts(device_ids).await
+    }
 }

@@ -106,6 +106,30 @@ impl ProfileWriter {
         Ok(stored.into_iter().map(stored_last_contact).collect())
     }
 
+    /// Each device's `last_contact` as stored now, in order; `None` for a device without one.
+    pub async fn last_contacts(
+        &self,
+        device_ids: &[&str],
+    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+        let mut pipeline = redis::pipe();
+        for device_id in device_ids {
+            pipeline
+                .hget(self.store.device_key(device_id), "last_contact")
+                .hget(self.store.device_versions_key(device_id), "last_contact");
+        }
+        let answers: Vec<Option<String>> =
+            pipeline.query_async(&mut self.store.connection()).await?;
+        Ok(answers
+            .chunks(2)
+            .map(|pair| match pair {
+                [Some(text), Some(micros)] => {
+                    stored_last_contact(vec![text.clone(), micros.clone()])
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn run_pipeline(
         &self,
         updates: &[ProfileUpdate],

@@ -1,16 +1,22 @@
 //! Replies follow Redis: a newly published generation is served by the next request, and a
 //! `last_contact` pushed for a cached device (by `push_last_contact`, or by a device profile
-//! event) shows in the next reply, the entry otherwise as stored, without waiting for a refresh.
+//! event) shows in the next reply, the entry otherwise as stored, without waiting for a refresh;
+//! one pushed while a refresh runs is in the cache that refresh publishes.
 
 use std::time::Duration;
 
 use chrono::DateTime;
+use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::snapshot::{push_last_contact, PushOutcome};
 use hawkeye_customer_cache::profile::LastContact;
+use hawkeye_customer_cache::sim::SimConfig;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use crate::common::cache_fixture::{entry, CacheFixture};
+use crate::common::cache_fixture::{entry, redis_connection, CacheFixture};
 use crate::common::profiles::{eventually, produce_json, producer};
+use crate::common::refresh::{monitorable, refresh_env, start_sim, Notifications};
 use crate::common::request_reply::{run_get, serials_after};
 use crate::common::service::isolated_env;
 use crate::common::ServiceProcess;
@@ -147,4 +153,80 @@ async fn a_profile_event_with_a_newer_last_contact_shows_in_the_next_get() {
     let recent = serials_after(&env, &["--last-contact-filter", "2024-05-01 07:59:59"]).await;
     assert_eq!(recent, ["P1"]);
     cache.remove().await;
+}
+
+/// An event that lands after the refresh wrote a device's profile and before it published the
+/// cache was pushed into the old cache (here there is none); the refresh brings it into the
+/// cache it publishes.
+#[tokio::test]
+async fn a_last_contact_pushed_during_a_refresh_is_in_the_cache_it_publishes() {
+    // Slow Bruin answers, four at a time: the refresh takes seconds after its first upserts.
+    let sim = start_sim(SimConfig {
+        seed: 4401,
+        devices: 600,
+        latency_ms: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut env = refresh_env(&sim);
+    env.insert("BRUIN_CONCURRENCY".into(), "4".into());
+    let first = sim.expected_cache(&monitorable())[0]["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let mut notifications = Notifications::subscribe(&env);
+    let env = service.env.clone();
+    let mut redis = redis_connection().await;
+    let profile_key = format!("{}{first}", env["REDIS_DEVICE_KEY_PREFIX"]);
+    let stored_contact = |redis: ConnectionManager| {
+        let key = profile_key.clone();
+        async move {
+            let mut redis = redis;
+            let contact: Option<String> = redis.hget(&key, "last_contact").await.unwrap();
+            contact
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the refresh's upsert of the first kept device",
+        || stored_contact(redis.clone()),
+    )
+    .await;
+
+    let pushed = "2030-01-01T00:00:00Z";
+    produce_json(
+        &producer(),
+        &env,
+        &json!({"device_id": first, "last_contact": pushed}),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the event in the profile", || {
+        let redis = redis.clone();
+        async move { (stored_contact(redis).await.as_deref() == Some(pushed)).then_some(()) }
+    })
+    .await;
+    let keys = CacheKeys::new(&env["ENVIRONMENT_NAME"]);
+    let generation: Option<String> = redis.hget(keys.meta(), "generation").await.unwrap();
+    assert_eq!(generation, None, "the event must land before the publish");
+
+    notifications
+        .wait_for(
+            &mut service,
+            "refresh_succeeded",
+            Duration::from_secs(120),
+            |_| true,
+        )
+        .await;
+    let entry = body(&env)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["serial_number"] == first.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["last_contact"], pushed, "{entry}");
+    assert!(service.terminate().await.success());
 }
