@@ -66,7 +66,9 @@ pub fn device_key_prefix(name: &str) -> String {
     format!("{name}:device:")
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago (9899 if none could be found: the service then
+/// names the port it cannot bind).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -9,6 +9,7 @@ pub mod refresh;
 pub mod request_reply;
 pub mod service;
 
+pub use hawkeye_customer_cache::bench::service::free_port;
 pub use hawkeye_customer_cache::bench::Stack;
 pub use service::ServiceProcess;
 
@@ -35,14 +36,6 @@ pub fn unique(prefix: &str) -> String {
         "{prefix}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("no free port on loopback")
 }
 
 pub async fn cassandra_session() -> scylla::client::session::Session {
