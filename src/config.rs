@@ -786,11 +786,10 @@ mod tests {
             "{err}"
         );
 
-        let not_pem = std::env::temp_dir().join(format!("hcc-not-pem-{}", std::process::id()));
-        std::fs::write(&not_pem, "not a certificate").unwrap();
-        let path = not_pem.to_string_lossy().to_string();
+        let not_pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(not_pem.path(), "not a certificate").unwrap();
+        let path = not_pem.path().to_string_lossy().to_string();
         let err = stores(&["--cassandra-tls", "1", "--cassandra-tls-ca-file", &path]).unwrap_err();
-        std::fs::remove_file(&not_pem).unwrap();
         assert!(
             err.to_string().contains("holds no PEM certificate"),
             "{err}"

@@ -45,6 +45,10 @@ const BUDGET_UNITS: u32 = (REPLY_BUDGET_BYTES / BUDGET_UNIT) as u32;
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a consumer error, so a broker outage does not spin the loop.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// At shutdown, how long requests in flight may still take (their replies wait for delivery,
+/// which lasts as long as the broker is unreachable). The rest are abandoned uncommitted and
+/// answered again after a restart, so a stop stays within an orchestrator's grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// The request consumer and what answering needs.
 pub struct GetServer {
@@ -145,8 +149,13 @@ impl GetServer {
                 log_panic(done);
             }
         }
-        while let Some(done) = in_flight.join_next().await {
-            log_panic(done);
+        let abandoned = finish_within(&mut in_flight, SHUTDOWN_GRACE).await;
+        if abandoned > 0 {
+            tracing::warn!(
+                requests = abandoned,
+                "shutdown: requests still waiting for their replies were abandoned uncommitted; \
+                 they are answered again after a restart"
+            );
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             // NoOffset: nothing was stored since the last automatic commit.
@@ -307,6 +316,23 @@ impl GetServer {
     }
 }
 
+/// Waits up to `grace` for the tasks to finish, then aborts the rest; returns how many were
+/// aborted.
+async fn finish_within(tasks: &mut JoinSet<()>, grace: Duration) -> usize {
+    let all_done = tokio::time::timeout(grace, async {
+        while let Some(done) = tasks.join_next().await {
+            log_panic(done);
+        }
+    })
+    .await;
+    if all_done.is_ok() {
+        return 0;
+    }
+    let abandoned = tasks.len();
+    tasks.shutdown().await;
+    abandoned
+}
+
 fn log_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!(error = %e, "a cache request task failed");
@@ -348,6 +374,23 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_requests_up_to_the_grace_then_abandons_the_rest() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(tokio::time::sleep(Duration::from_secs(1)));
+        tasks.spawn(tokio::time::sleep(Duration::from_secs(3600)));
+        tasks.spawn(std::future::pending::<()>());
+        let started = tokio::time::Instant::now();
+        assert_eq!(finish_within(&mut tasks, SHUTDOWN_GRACE).await, 2);
+        assert_eq!(started.elapsed(), SHUTDOWN_GRACE);
+        assert!(tasks.is_empty());
+
+        tasks.spawn(tokio::time::sleep(Duration::from_secs(1)));
+        let started = tokio::time::Instant::now();
+        assert_eq!(finish_within(&mut tasks, SHUTDOWN_GRACE).await, 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
 
     #[test]
     fn offsets_advance_only_over_finished_requests() {
