@@ -13,9 +13,9 @@ use redis::AsyncCommands;
 
 use crate::common::cache_fixture::redis_connection;
 use crate::common::refresh::{
-    entry_set, live_entry_set, monitorable, refresh_env, start_sim, trigger_refresh, Notifications,
+    entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
+    trigger_refresh,
 };
-use crate::common::ServiceProcess;
 use crate::harness::{full, size, Figures};
 
 const RUN: Duration = Duration::from_secs(180);
@@ -122,9 +122,7 @@ async fn failed_refreshes_keep_the_previous_cache_and_a_successful_one_is_exact(
     .await;
     let mut env = refresh_env(&sim);
     env.insert("HAWKEYE_MAX_ATTEMPTS".into(), "2".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
     notifications
         .wait_for(&mut service, "refresh_succeeded", RUN, |_| true)
         .await;

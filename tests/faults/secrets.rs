@@ -10,10 +10,10 @@ use hawkeye_customer_cache::sim::SimConfig;
 use serde_json::json;
 
 use crate::common::profiles::{produce, produce_json, producer};
-use crate::common::refresh::{refresh_env, start_sim, trigger_refresh, Notifications};
+use crate::common::refresh::{refresh_env, start_sim, start_with_notifications, trigger_refresh};
 use crate::common::request_reply::run_get;
 use crate::common::service::run_to_exit;
-use crate::common::{unique, ServiceProcess};
+use crate::common::unique;
 use crate::redis_auth::PasswordRedis;
 
 const HAWKEYE_SECRET: &str = "HkPw-31f9c7e2";
@@ -67,9 +67,7 @@ async fn secrets_appear_in_no_log_line_error_metric_or_endpoint() {
     .chain([basic])
     .collect();
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
     notifications
         .wait_for(
             &mut service,

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::common::cache_fixture::{entry, redis_connection, CacheFixture};
 use crate::common::profiles::{eventually, produce_json, producer};
-use crate::common::refresh::{monitorable, refresh_env, start_sim, Notifications};
+use crate::common::refresh::{monitorable, refresh_env, start_sim, start_with_notifications};
 use crate::common::request_reply::{run_get, serials_after};
 use crate::common::service::isolated_env;
 use crate::common::ServiceProcess;
@@ -174,9 +174,7 @@ async fn a_last_contact_pushed_during_a_refresh_is_in_the_cache_it_publishes() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
     let env = service.env.clone();
     let mut redis = redis_connection().await;
     let profile_key = format!("{}{first}", env["REDIS_DEVICE_KEY_PREFIX"]);

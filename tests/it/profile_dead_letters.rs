@@ -9,7 +9,7 @@ use rdkafka::Message;
 use serde_json::json;
 
 use crate::common::profiles::{
-    cassandra_row, eventually, header, produce, produce_json, producer, redis_hash, TopicReader,
+    header, produce, produce_json, producer, redis_hash, wait_for_city, TopicReader,
 };
 use crate::common::service::isolated_env;
 use crate::common::{cassandra_session, unique, ServiceProcess};
@@ -108,19 +108,7 @@ async fn poison_events_are_dead_lettered_and_good_ones_still_land() {
     }
 
     for (device, city) in [(&before, "Before"), (&after, "After")] {
-        eventually(WAIT, "the good event in Redis", || async {
-            (redis_hash(&env, device)
-                .await
-                .get("city")
-                .map(String::as_str)
-                == Some(city))
-            .then_some(())
-        })
-        .await;
-        eventually(WAIT, "the good event in Cassandra", || async {
-            (cassandra_row(&session, &env, device).await?["city"] == city).then_some(())
-        })
-        .await;
+        wait_for_city(&env, &session, device, city, WAIT).await;
     }
     for id in ["w", "big"] {
         assert!(

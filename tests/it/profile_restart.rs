@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer, redis_hash};
+use crate::common::profiles::{eventually, produce_json, producer, redis_hash, wait_for_city};
 use crate::common::service::isolated_env;
 use crate::common::{cassandra_session, unique, ServiceProcess};
 
@@ -52,23 +52,7 @@ async fn a_restart_mid_stream_loses_nothing() {
     let session = cassandra_session().await;
     let latest = format!("v{VERSIONS}");
     for device in &devices {
-        eventually(
-            WAIT,
-            &format!("{device} at the latest version in Redis"),
-            || async {
-                (redis_hash(&env, device).await.get("city") == Some(&latest)).then_some(())
-            },
-        )
-        .await;
-        eventually(
-            WAIT,
-            &format!("{device} at the latest version in Cassandra"),
-            || async {
-                (cassandra_row(&session, &env, device).await?["city"] == latest.as_str())
-                    .then_some(())
-            },
-        )
-        .await;
+        wait_for_city(&env, &session, device, &latest, WAIT).await;
     }
     restarted.terminate().await;
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::profiles::redis_hash;
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer};
+use crate::common::profiles::{eventually, produce_json, producer, wait_for_city};
 use crate::common::proxy::TcpProxy;
 use crate::common::request_reply::metric;
 use crate::common::service::isolated_env;
@@ -33,19 +32,7 @@ async fn produce_version(env: &HashMap<String, String>, devices: &[String], vers
 async fn wait_for_all(env: &HashMap<String, String>, devices: &[String], city: &str) {
     let session = cassandra_session().await;
     for device in devices {
-        eventually(WAIT, &format!("{device} = {city} in Redis"), || async {
-            (redis_hash(env, device)
-                .await
-                .get("city")
-                .map(String::as_str)
-                == Some(city))
-            .then_some(())
-        })
-        .await;
-        eventually(WAIT, &format!("{device} = {city} in Cassandra"), || async {
-            (cassandra_row(&session, env, device).await?["city"] == city).then_some(())
-        })
-        .await;
+        wait_for_city(env, &session, device, city, WAIT).await;
     }
 }
 

@@ -12,10 +12,11 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::common::cache_fixture::redis_connection;
+use crate::common::cassandra_session;
 use crate::common::refresh::{
-    entry_set, live_entry_set, monitorable, refresh_env, start_sim, trigger_refresh, Notifications,
+    entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
+    trigger_refresh,
 };
-use crate::common::{cassandra_session, ServiceProcess};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -37,9 +38,7 @@ async fn a_refresh_builds_the_expected_cache_and_device_profiles() {
     })
     .await;
     let env = refresh_env(&sim);
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
 
     let succeeded = notifications
         .wait_for(&mut service, "refresh_succeeded", RUN, |_| true)

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use crate::common::cache_fixture::{entry, CacheFixture};
 use crate::common::refresh::{
-    entry_set, live_entry_set, monitorable, refresh_env, start_sim, trigger_refresh, Notifications,
+    entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
+    trigger_refresh,
 };
-use crate::common::ServiceProcess;
 
 const RUN: Duration = Duration::from_secs(180);
 
@@ -62,9 +62,7 @@ async fn a_page_that_always_fails_fails_the_refresh_and_keeps_the_cache() {
     let mut env = refresh_env(&sim);
     env.insert("HAWKEYE_MAX_ATTEMPTS".into(), "2".into());
     let (cache, before) = with_previous_cache(&env).await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
 
     let failed = notifications
         .wait_for(&mut service, "refresh_failed", RUN, |_| true)
@@ -109,9 +107,7 @@ async fn hawkeye_down_fails_after_the_configured_attempts_and_keeps_the_cache() 
     let mut env = refresh_env(&sim);
     env.insert("HAWKEYE_MAX_ATTEMPTS".into(), "3".into());
     let (cache, before) = with_previous_cache(&env).await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
 
     let failed = notifications
         .wait_for(&mut service, "refresh_failed", RUN, |_| true)
@@ -162,9 +158,7 @@ async fn refresh_with_bruin_errors(seed: u64, share: f64) -> BruinErrorRun {
     let mut env = refresh_env(&sim);
     env.insert("BRUIN_MAX_ERROR_RATIO".into(), "0.1".into());
     let (cache, before) = with_previous_cache(&env).await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
-    let mut notifications = Notifications::subscribe(&env);
+    let (mut service, mut notifications) = start_with_notifications(&env).await;
     let notification = notifications.wait_for_run(&mut service, RUN).await;
     let mut redis = cache.redis.clone();
     let after = snapshot(&mut redis, &cache.keys).await;

@@ -101,6 +101,31 @@ where
     }
 }
 
+/// Waits up to `timeout` (each store) until `device` shows `city` in Redis and in Cassandra.
+pub async fn wait_for_city(
+    env: &HashMap<String, String>,
+    session: &Session,
+    device: &str,
+    city: &str,
+    timeout: Duration,
+) {
+    eventually(timeout, &format!("{device} = {city} in Redis"), || async {
+        (redis_hash(env, device)
+            .await
+            .get("city")
+            .map(String::as_str)
+            == Some(city))
+        .then_some(())
+    })
+    .await;
+    eventually(
+        timeout,
+        &format!("{device} = {city} in Cassandra"),
+        || async { (cassandra_row(session, env, device).await?["city"] == city).then_some(()) },
+    )
+    .await;
+}
+
 /// Reads a topic from the beginning (its own group).
 pub struct TopicReader {
     consumer: StreamConsumer,

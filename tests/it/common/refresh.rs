@@ -48,6 +48,16 @@ pub fn refresh_env(sim: &RunningSim) -> HashMap<String, String> {
     env
 }
 
+/// Starts the service with `env`, waits until it is ready (its topics exist), and subscribes
+/// to its notifications from the beginning, so those of the start-up refresh are read too.
+pub async fn start_with_notifications(
+    env: &HashMap<String, String>,
+) -> (ServiceProcess, Notifications) {
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(60)).await;
+    (service, Notifications::subscribe(env))
+}
+
 /// Runs `hawkeye-customer-cache refresh` with `env`; returns the request_id it printed.
 pub async fn trigger_refresh(env: &HashMap<String, String>) -> String {
     let output = tokio::time::timeout(
