@@ -6,25 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
 use crate::apis::{BruinClient, HawkeyeClient};
 use crate::cache::keys::CacheKeys;
+use crate::cache::last_contact::LastContactPusher;
 use crate::cache::refresh::Refresher;
 use crate::cache::serve::GetServer;
-use crate::cache::snapshot::LastContactPusher;
-use crate::cache::trigger;
+use crate::cache::trigger::RefreshTask;
 use crate::config::{
     BruinSettings, HawkeyeSettings, KafkaSettings, RefreshSettings, ServeSettings, StoreSettings,
 };
 use crate::kafka;
-use crate::kafka::consumer::AtLeastOnceConsumer;
 use crate::kafka::dead_letters::KafkaDeadLetters;
+use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::notifications::Notifier;
+use crate::kafka::ServiceProducer;
 use crate::observe::{http, Metrics};
 use crate::profile::pipeline::{PipelineSettings, ProfilePipeline};
 use crate::stores::{CassandraStore, ProfileStores, RedisStore};
+use crate::supervisor::Supervisor;
 
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone)]
@@ -73,26 +75,35 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
     let profiles = ProfileStores::new(redis.clone(), cassandra.clone(), metrics.clone())
         .await
         .context("cannot prepare the device profile writes")?;
-    let refresh_task = trigger::start(
+    let cache_keys = CacheKeys::new(&settings.stores.environment_name);
+    // The one place the two jobs meet: the push tells the cache of newer last contacts.
+    let last_contacts = Arc::new(LastContactPusher::new(&redis, cache_keys.clone()));
+
+    let refresh = RefreshTask::new(
         refresher(&settings, &producer, &redis, &profiles, &metrics)?,
         &settings.kafka,
         settings.refresh.interval,
-        shutdown.clone(),
-    )?;
+    )
+    .await?;
     let get_server = GetServer::new(
         &settings.kafka,
         settings.serve.clone(),
         producer.clone(),
         &redis,
-        CacheKeys::new(&settings.stores.environment_name),
+        cache_keys,
         metrics.clone(),
-    )?;
-    let get_task = tokio::spawn(Arc::new(get_server).run(shutdown.clone()));
-    let profile_task = tokio::spawn(
-        profile_pipeline(&settings, &producer, &profiles, &redis, &metrics)?.run(shutdown.clone()),
-    );
-
-    let (_, http_task) = http::serve(
+    )
+    .await?;
+    let push = ProfilePipeline {
+        consumer: Ingress::subscribe(&settings.kafka, Role::Profiles, &[&topics.profile_updates])
+            .await?,
+        stores: profiles.clone(),
+        dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
+        metrics: metrics.clone(),
+        settings: PipelineSettings::default(),
+        last_contacts,
+    };
+    let (_, http_server) = http::serve(
         settings.http_addr,
         metrics.clone(),
         vec![
@@ -103,23 +114,23 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
         shutdown.clone(),
     )
     .await?;
-    tracing::info!("service running");
 
-    shutdown.cancelled().await;
-    http_task.await.context("HTTP server task")?;
-    refresh_task.await.context("refresh task")?;
-    // Before the flush below: every reply of the requests in flight is then delivered.
-    get_task.await.context("cache request task")?;
-    // Also before the flush: its dead letters are then delivered and its offsets committed.
-    profile_task.await.context("device profile task")?;
+    let mut tasks = Supervisor::new(shutdown.clone());
+    tasks.spawn("http", http_server);
+    tasks.spawn("refresh", refresh.run(shutdown.clone()));
+    tasks.spawn("cache requests", Arc::new(get_server).run(shutdown.clone()));
+    tasks.spawn("device profile push", push.run(shutdown.clone()));
+    tracing::info!("service running");
+    let outcome = tasks.wait().await;
+    // After every task drained: the replies, dead letters and notifications they sent are
+    // then all delivered before the process ends.
     if let Err(e) = producer.flush(FLUSH_TIMEOUT) {
         tracing::warn!(error = %e, "producer did not deliver everything before shutdown");
     }
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
-/// The device profile push, consuming in the service's group.
 /// The settings a Cassandra start-up error names: the contact points, and the credential and
 /// TLS settings when they are in use.
 fn cassandra_settings(stores: &StoreSettings) -> String {
@@ -136,29 +147,11 @@ fn cassandra_settings(stores: &StoreSettings) -> String {
     names.join(", ")
 }
 
-fn profile_pipeline(
-    settings: &RunSettings,
-    producer: &FutureProducer,
-    profiles: &ProfileStores,
-    redis: &RedisStore,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<ProfilePipeline> {
-    let topics = &settings.kafka.topics;
-    Ok(ProfilePipeline {
-        consumer: AtLeastOnceConsumer::subscribe(&settings.kafka, &topics.profile_updates)?,
-        stores: profiles.clone(),
-        dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
-        metrics: metrics.clone(),
-        settings: PipelineSettings::default(),
-        cache: LastContactPusher::new(redis, CacheKeys::new(&settings.stores.environment_name)),
-    })
-}
-
 /// The customer cache refresh with its API clients, sharing the service's producer, Redis
 /// connection, profile stores and metrics.
 fn refresher(
     settings: &RunSettings,
-    producer: &FutureProducer,
+    producer: &ServiceProducer,
     redis: &RedisStore,
     profiles: &ProfileStores,
     metrics: &Arc<Metrics>,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
+
+use crate::kafka::client_log::ClientLog;
 use rdkafka::message::Message;
 use serde_json::Value;
 
@@ -169,7 +171,7 @@ async fn refreshes(
 /// The next `refresh_succeeded` (for `request_id` when given): its duration in seconds and
 /// its device count. A `refresh_failed` ends the measurement.
 async fn succeeded(
-    notifications: &StreamConsumer,
+    notifications: &StreamConsumer<ClientLog>,
     request_id: Option<&str>,
 ) -> anyhow::Result<(f64, u64)> {
     loop {

@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::config::{is_valid_topic_name, KafkaSettings};
+use crate::kafka::client_log::ClientLog;
 use crate::kafka::request_reply::{correlation_headers, CORRELATION_ID, REPLY_TOPIC};
-use crate::kafka::{client_config, ensure_topics, producer};
+use crate::kafka::{client_config, ensure_topics, producer, ServiceProducer};
 
 /// How often the metadata of a reply topic just created is read again.
 const NEW_TOPIC_POLL: Duration = Duration::from_millis(200);
@@ -80,8 +81,8 @@ pub async fn get(kafka: &KafkaSettings, options: &GetOptions) -> Result<GetAnswe
 pub struct Requester {
     kafka: KafkaSettings,
     reply_topic: String,
-    consumer: StreamConsumer,
-    producer: FutureProducer,
+    consumer: StreamConsumer<ClientLog>,
+    producer: ServiceProducer,
 }
 
 impl Requester {
@@ -151,7 +152,7 @@ pub async fn listen_at_end(
     kafka: &KafkaSettings,
     topic: String,
     timeout: Duration,
-) -> Result<StreamConsumer, GetError> {
+) -> Result<StreamConsumer<ClientLog>, GetError> {
     let mut partitions = partitions_of(kafka, &topic, timeout).await?;
     if partitions.is_empty() {
         ensure_topics(kafka, &[&topic])
@@ -163,7 +164,7 @@ pub async fn listen_at_end(
             partitions = partitions_of(kafka, &topic, timeout).await?;
         }
     }
-    let consumer: StreamConsumer = client_config(kafka)
+    let consumer: StreamConsumer<ClientLog> = client_config(kafka)
         // Required by librdkafka; no group is joined (assign, not subscribe) and nothing is
         // committed.
         .set(
@@ -172,7 +173,7 @@ pub async fn listen_at_end(
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .create()
+        .create_with_context(ClientLog)
         .map_err(kafka_error("cannot create the reply consumer"))?;
     let consumer = tokio::task::spawn_blocking(move || {
         let mut assignment = TopicPartitionList::new();
@@ -200,9 +201,10 @@ async fn partitions_of(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, GetError> {
-    let consumer: StreamConsumer = client_config(kafka)
-        .create()
-        .map_err(kafka_error("cannot create a metadata client"))?;
+    let consumer: StreamConsumer<ClientLog> =
+        client_config(kafka)
+            .create_with_context(ClientLog)
+            .map_err(kafka_error("cannot create a metadata client"))?;
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let metadata = consumer
@@ -220,7 +222,7 @@ async fn partitions_of(
 }
 
 async fn send_request(
-    producer: &FutureProducer,
+    producer: &ServiceProducer,
     request_topic: &str,
     reply_topic: &str,
     correlation_id: &str,
@@ -265,7 +267,7 @@ struct Chunk {
 
 /// Reads replies until the one with `correlation_id` is complete.
 async fn receive_reply(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<ClientLog>,
     correlation_id: &[u8],
 ) -> Result<GetAnswer, GetError> {
     let mut chunks = Chunks::default();

@@ -15,12 +15,13 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::keys::CacheKeys;
+use super::last_contact::LastContactPusher;
+use super::notifications::{Notification, Requests};
 use super::publish::{self, Generation, PublishError, RefreshLock};
 use super::rules::{self, ClientInfo, DropReason, KeptDevice};
-use super::snapshot::LastContactPusher;
 use crate::apis::{ApiError, BruinClient, HawkeyeClient, Probe, RetryPolicy};
 use crate::config::RefreshSettings;
-use crate::kafka::notifications::{Notification, Notifier, Requests};
+use crate::kafka::notifications::Notifier;
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
 use crate::stores::{ProfileStores, StoreError};

@@ -1,20 +1,17 @@
 //! Answers cache requests from `TOPIC_GET` (`CONTRACT.md` §5).
 //!
 //! Requests are answered concurrently (at most [`MAX_IN_FLIGHT`] at once), so one slow or huge
-//! request does not hold up the others. Offsets are stored at-least-once: only after every
-//! reply value of a request was delivered, or the request was counted as unanswerable, and
-//! never past an earlier request of the same partition that is still being answered.
+//! request does not hold up the others. A request is acknowledged to the ingress (its offset
+//! may then be committed) only after every reply value was delivered, or the request was
+//! counted as unanswerable.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -22,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::get::{parse_request, Reply};
 use super::keys::CacheKeys;
-use super::snapshot::CacheReader;
+use super::reader::CacheReader;
 use crate::config::{KafkaSettings, ServeSettings};
-use crate::kafka::client_config;
-use crate::kafka::consumer::GroupLog;
+use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::request_reply::{
     correlation_headers, reply_correlation_id, ReplyRoute, RequestHeaders, RouteError,
 };
+use crate::kafka::ServiceProducer;
 use crate::observe::Metrics;
 use crate::stores::RedisStore;
 
@@ -43,8 +40,6 @@ const BUDGET_UNIT: usize = 1024;
 const BUDGET_UNITS: u32 = (REPLY_BUDGET_BYTES / BUDGET_UNIT) as u32;
 /// How long a reply may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause after a consumer error, so a broker outage does not spin the loop.
-const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// At shutdown, how long requests in flight may still take (their replies wait for delivery,
 /// which lasts as long as the broker is unreachable). The rest are abandoned uncommitted and
 /// answered again after a restart, so a stop stays within an orchestrator's grace period.
@@ -52,36 +47,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// The request consumer and what answering needs.
 pub struct GetServer {
-    consumer: StreamConsumer<GroupLog>,
-    producer: FutureProducer,
+    requests: Ingress,
+    producer: ServiceProducer,
     reader: CacheReader,
     metrics: Arc<Metrics>,
     serve: ServeSettings,
     default_reply_topic: String,
-    offsets: Mutex<OffsetTracker>,
     reply_budget: Arc<Semaphore>,
 }
 
-/// A request copied out of the consumer's buffer, so it can be answered on its own task.
+/// A request with its reply headers read, answered on its own task.
 struct Incoming {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    message: OwnedMessage,
     headers: RequestHeaders,
 }
 
 impl Incoming {
-    fn copy(message: &BorrowedMessage<'_>) -> Self {
-        Incoming {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            headers: RequestHeaders::read(message.headers()),
-        }
+    fn read(message: OwnedMessage) -> Self {
+        let headers = RequestHeaders::read(message.headers());
+        Incoming { message, headers }
     }
 }
 
@@ -104,36 +88,24 @@ impl Unanswered {
 }
 
 impl GetServer {
-    /// Subscribes to `TOPIC_GET` in the service's group. A group without committed offsets
+    /// Subscribes to `TOPIC_GET` in the requests group. A group without committed offsets
     /// starts from the earliest request, so requests sent while the service was first starting
     /// are answered too.
-    pub fn new(
+    pub async fn new(
         kafka: &KafkaSettings,
         serve: ServeSettings,
-        producer: FutureProducer,
+        producer: ServiceProducer,
         redis: &RedisStore,
         keys: CacheKeys,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer<GroupLog> = client_config(kafka)
-            .set("group.id", &kafka.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create_with_context(GroupLog)
-            .map_err(crate::kafka::redact_config_error)
-            .context("cannot create the cache request consumer")?;
-        consumer
-            .subscribe(&[&kafka.topics.get])
-            .with_context(|| format!("cannot subscribe to {}", kafka.topics.get))?;
         Ok(GetServer {
-            consumer,
+            requests: Ingress::subscribe(kafka, Role::Requests, &[&kafka.topics.get]).await?,
             producer,
             reader: CacheReader::new(redis.connection(), keys),
             metrics,
             serve,
             default_reply_topic: kafka.topics.reply.clone(),
-            offsets: Mutex::new(OffsetTracker::default()),
             reply_budget: Arc::new(Semaphore::new(BUDGET_UNITS as usize)),
         })
     }
@@ -142,9 +114,8 @@ impl GetServer {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut in_flight = JoinSet::new();
-        while let Some((message, slot)) = self.next_request(&slots, &shutdown).await {
-            self.offsets_lock().begin(message.partition, message.offset);
-            in_flight.spawn(self.clone().handle(message, slot));
+        while let Some((request, slot)) = self.next_request(&slots, &shutdown).await {
+            in_flight.spawn(self.clone().handle(request, slot));
             while let Some(done) = in_flight.try_join_next() {
                 log_panic(done);
             }
@@ -157,13 +128,7 @@ impl GetServer {
                  they are answered again after a restart"
             );
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            // NoOffset: nothing was stored since the last automatic commit.
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "final commit of the cache request offsets failed")
-            }
-        }
+        self.requests.commit();
         tracing::info!("cache requests stopped");
     }
 
@@ -177,17 +142,9 @@ impl GetServer {
             _ = shutdown.cancelled() => return None,
             slot = slots.clone().acquire_owned() => slot.ok()?,
         };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                received = self.consumer.recv() => match received {
-                    Ok(message) => return Some((Incoming::copy(&message), slot)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read cache requests");
-                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-                    }
-                },
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            message = self.requests.recv() => Some((Incoming::read(message), slot)),
         }
     }
 
@@ -207,8 +164,8 @@ impl GetServer {
             }
             Err(unanswered) => {
                 tracing::warn!(
-                    partition = request.partition,
-                    offset = request.offset,
+                    partition = request.message.partition(),
+                    offset = request.message.offset(),
                     error = %unanswered,
                     "cache request left unanswered"
                 );
@@ -218,7 +175,7 @@ impl GetServer {
                     .inc();
             }
         }
-        self.done(&request);
+        self.requests.acknowledge(&request.message);
     }
 
     /// Replies to one request; returns the status it was answered with.
@@ -230,7 +187,7 @@ impl GetServer {
             let mut record = FutureRecord::to(&route.topic)
                 .payload(value)
                 .headers(correlation_headers(correlation_id.as_deref()));
-            if let Some(key) = &request.key {
+            if let Some(key) = request.message.key() {
                 record = record.key(key);
             }
             if let Some(partition) = route.partition {
@@ -255,7 +212,7 @@ impl GetServer {
         request: &Incoming,
     ) -> (Value, u16, Vec<Vec<u8>>, Option<OwnedSemaphorePermit>) {
         let max_bytes = self.serve.reply_max_bytes;
-        let parsed = match parse_request(request.value.as_deref(), self.serve.timezone) {
+        let parsed = match parse_request(request.message.payload(), self.serve.timezone) {
             Ok(parsed) => parsed,
             Err(rejected) => {
                 let values = Reply::rejected(&rejected).render(&rejected.request_id, max_bytes);
@@ -288,32 +245,6 @@ impl GetServer {
             .await
             .ok()
     }
-
-    /// Marks a request finished and stores the offset up to which every request is finished.
-    fn done(&self, request: &Incoming) {
-        let Some(offset) = self
-            .offsets_lock()
-            .complete(request.partition, request.offset)
-        else {
-            return;
-        };
-        // librdkafka stores `offset + 1`: the next request to read.
-        if let Err(e) = self
-            .consumer
-            .store_offset(&request.topic, request.partition, offset)
-        {
-            // The partition was revoked meanwhile: its new owner answers from the committed
-            // offset again (at-least-once).
-            tracing::debug!(error = %e, partition = request.partition, "offset not stored");
-        }
-    }
-
-    fn offsets_lock(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
-        // The tracker holds plain maps; a panic elsewhere cannot leave them half-updated.
-        self.offsets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Waits up to `grace` for the tasks to finish, then aborts the rest; returns how many were
@@ -339,38 +270,6 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// The offsets of requests being answered, per partition.
-#[derive(Debug, Default)]
-struct OffsetTracker {
-    /// offset → finished?
-    partitions: HashMap<i32, BTreeMap<i64, bool>>,
-}
-
-impl OffsetTracker {
-    fn begin(&mut self, partition: i32, offset: i64) {
-        self.partitions
-            .entry(partition)
-            .or_default()
-            .insert(offset, false);
-    }
-
-    /// Marks `offset` finished; returns the highest offset below which every request of the
-    /// partition is finished, when that advanced.
-    fn complete(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        let pending = self.partitions.get_mut(&partition)?;
-        *pending.get_mut(&offset)? = true;
-        let mut finished = None;
-        while let Some(first) = pending.first_entry() {
-            if !*first.get() {
-                break;
-            }
-            finished = Some(*first.key());
-            first.remove();
-        }
-        finished
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,21 +289,5 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert_eq!(finish_within(&mut tasks, SHUTDOWN_GRACE).await, 0);
         assert_eq!(started.elapsed(), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn offsets_advance_only_over_finished_requests() {
-        let mut tracker = OffsetTracker::default();
-        for offset in 10..14 {
-            tracker.begin(0, offset);
-        }
-        tracker.begin(1, 3);
-        assert_eq!(tracker.complete(0, 11), None, "10 is still in flight");
-        assert_eq!(tracker.complete(0, 13), None);
-        assert_eq!(tracker.complete(0, 10), Some(11));
-        assert_eq!(tracker.complete(1, 3), Some(3));
-        assert_eq!(tracker.complete(0, 12), Some(13));
-        assert_eq!(tracker.complete(0, 12), None, "already finished");
-        assert_eq!(tracker.complete(7, 1), None, "unknown partition");
     }
 }

@@ -7,11 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureRecord, Producer};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +17,10 @@ use super::publish::{self, RefreshLock};
 use super::refresh::Refresher;
 use crate::config::KafkaSettings;
 use crate::kafka;
+use crate::kafka::ingress::{Ingress, Role};
 
 /// How often an instance waiting for another instance's refresh looks at the lock again.
 const LOCK_POLL: Duration = Duration::from_secs(1);
-/// Pause after a failed read of the trigger topic, so a broker outage does not spin.
-const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// How long the `refresh` command waits for the broker to take its trigger.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,40 +70,38 @@ pub fn request_id(payload: Option<&[u8]>) -> Option<String> {
     Some(value.get("request_id")?.as_str()?.to_string())
 }
 
-/// Starts the task that runs the triggers and the refreshes they cause until `shutdown`. A
-/// refresh running at shutdown is abandoned: it publishes nothing, and its lock and staging
-/// hash are removed before the task ends.
-pub fn start(
+/// The refresh's triggers and runs: subscribed at start-up, run by [`RefreshTask::run`].
+pub struct RefreshTask {
     refresher: Refresher,
-    kafka: &KafkaSettings,
+    triggers: Ingress,
     interval: Duration,
-    shutdown: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
-    let consumer = trigger_consumer(kafka)?;
-    Ok(tokio::spawn(async move {
-        let triggers = Triggers::default();
-        tokio::join!(
-            schedule(&triggers, interval, &shutdown),
-            listen(&consumer, &triggers, &shutdown),
-            run_refreshes(&refresher, &triggers, &shutdown),
-        );
-    }))
 }
 
-/// Offsets are committed automatically: a trigger lost to a crash is made up for by the
-/// start-up refresh of the restarted instance.
-fn trigger_consumer(settings: &KafkaSettings) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = kafka::client_config(settings)
-        .set("group.id", &settings.group_id)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .create()
-        .map_err(kafka::redact_config_error)
-        .context("cannot create the refresh trigger consumer")?;
-    consumer
-        .subscribe(&[settings.topics.refresh.as_str()])
-        .with_context(|| format!("cannot subscribe to {}", settings.topics.refresh))?;
-    Ok(consumer)
+impl RefreshTask {
+    pub async fn new(
+        refresher: Refresher,
+        kafka: &KafkaSettings,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(RefreshTask {
+            refresher,
+            triggers: Ingress::subscribe(kafka, Role::Refresh, &[&kafka.topics.refresh]).await?,
+            interval,
+        })
+    }
+
+    /// Runs the triggers and the refreshes they cause until `shutdown`. A refresh running at
+    /// shutdown is abandoned: it publishes nothing, and its lock and staging hash are removed
+    /// before this returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let triggers = Triggers::default();
+        tokio::join!(
+            schedule(&triggers, self.interval, &shutdown),
+            listen(&self.triggers, &triggers, &shutdown),
+            run_refreshes(&self.refresher, &triggers, &shutdown),
+        );
+        self.triggers.commit();
+    }
 }
 
 /// The start-up trigger (the first tick is immediate), then one every `interval`.
@@ -121,26 +116,21 @@ async fn schedule(triggers: &Triggers, interval: Duration, shutdown: &Cancellati
     }
 }
 
-async fn listen(consumer: &StreamConsumer, triggers: &Triggers, shutdown: &CancellationToken) {
+/// A trigger is acknowledged once it is pending: one lost to a crash before its refresh ran
+/// is made up for by the start-up refresh of the restarted instance.
+async fn listen(ingress: &Ingress, triggers: &Triggers, shutdown: &CancellationToken) {
     loop {
-        let received = tokio::select! {
-            received = consumer.recv() => received,
+        let message = tokio::select! {
+            message = ingress.recv() => message,
             () = shutdown.cancelled() => return,
         };
-        match received {
-            Ok(message) => {
-                let request_id = request_id(message.payload());
-                tracing::info!(
-                    request_id = request_id.as_deref().unwrap_or("-"),
-                    "refresh trigger received"
-                );
-                triggers.request(request_id);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read refresh triggers");
-                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-            }
-        }
+        let request_id = request_id(message.payload());
+        tracing::info!(
+            request_id = request_id.as_deref().unwrap_or("-"),
+            "refresh trigger received"
+        );
+        triggers.request(request_id);
+        ingress.acknowledge(&message);
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use super::ServiceProducer;
 
 /// Header names of a dead letter (`schemas/device_profile_dlq_headers.md`).
 pub const HEADER_REASON: &str = "error.reason";
@@ -29,12 +31,12 @@ pub trait DeadLetters: Send + Sync {
 /// Dead letters on a Kafka topic, through the shared producer.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    producer: FutureProducer,
+    producer: ServiceProducer,
     topic: String,
 }
 
 impl KafkaDeadLetters {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: ServiceProducer, topic: impl Into<String>) -> Self {
         KafkaDeadLetters {
             producer,
             topic: topic.into(),

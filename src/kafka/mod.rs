@@ -1,21 +1,27 @@
-//! The Kafka edges of the service: client configuration, the shared producer, topic set-up.
+//! The Kafka edges of the service: client configuration, the shared producer, topic set-up,
+//! the one consumer ingress, dead letters, notifications and request/reply headers.
 
-pub mod consumer;
+pub mod client_log;
 pub mod dead_letters;
+pub mod ingress;
 pub mod notifications;
+pub mod offsets;
 pub mod request_reply;
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
+use self::client_log::ClientLog;
 use crate::config::KafkaSettings;
 use crate::observe::http::ReadinessCheck;
+
+/// The producer every task of the service shares.
+pub type ServiceProducer = FutureProducer<ClientLog>;
 
 /// How long start-up waits for the brokers to answer before giving up.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,27 +54,27 @@ pub fn redact_config_error(error: KafkaError) -> KafkaError {
 
 /// The producer for dead letters, replies and notifications: idempotent, acknowledged by all
 /// in-sync replicas, compressed (replies can be large).
-pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+pub fn producer(settings: &KafkaSettings) -> anyhow::Result<ServiceProducer> {
     let producer = client_config(settings)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("message.max.bytes", "10000000")
-        .create()
+        .create_with_context(ClientLog)
         .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka producer (check KAFKA_CONFIG): {e}"))?;
     Ok(producer)
 }
 
 /// Waits until the brokers answer a metadata request.
-pub async fn check_brokers(producer: &FutureProducer, timeout: Duration) -> Result<(), String> {
+pub async fn check_brokers(producer: &ServiceProducer, timeout: Duration) -> Result<(), String> {
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || {
         producer
             .client()
             .fetch_metadata(None, timeout)
-            .map(|_| ())
+            .map(|_| client_log::brokers_reached())
             .map_err(|e| format!("brokers do not answer: {e}"))
     })
     .await
@@ -78,8 +84,8 @@ pub async fn check_brokers(producer: &FutureProducer, timeout: Duration) -> Resu
 /// Creates the topics that are missing, with the brokers' default partitions and replication.
 /// Existing topics are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings)
-        .create()
+    let admin: AdminClient<ClientLog> = client_config(settings)
+        .create_with_context(ClientLog)
         .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka admin client: {e}"))?;
     let topics: Vec<NewTopic> = names
@@ -102,7 +108,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::
 }
 
 /// `/ready` check of the brokers, through the shared producer's connections.
-pub struct BrokerCheck(pub FutureProducer);
+pub struct BrokerCheck(pub ServiceProducer);
 
 impl ReadinessCheck for BrokerCheck {
     fn name(&self) -> &'static str {
@@ -114,7 +120,7 @@ impl ReadinessCheck for BrokerCheck {
 }
 
 /// Start-up check with the longer timeout.
-pub async fn wait_for_brokers(producer: &FutureProducer) -> anyhow::Result<()> {
+pub async fn wait_for_brokers(producer: &ServiceProducer) -> anyhow::Result<()> {
     check_brokers(producer, METADATA_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Kafka (KAFKA_BROKERS): {e}"))

@@ -1,7 +1,7 @@
 //! The request/reply headers of the Spring Kafka convention (`CONTRACT.md` §5): where a reply
 //! goes and how the requester recognises it.
 
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use serde_json::Value;
 
 use crate::config::is_valid_topic_name;
@@ -23,7 +23,7 @@ pub struct RequestHeaders {
 }
 
 impl RequestHeaders {
-    pub fn read(headers: Option<&BorrowedHeaders>) -> Self {
+    pub fn read(headers: Option<&impl Headers>) -> Self {
         let mut read = RequestHeaders::default();
         for header in headers.into_iter().flat_map(|headers| headers.iter()) {
             let slot = match header.key {

@@ -31,14 +31,14 @@ struct AppState {
     checks: Arc<Vec<Box<dyn ReadinessCheck>>>,
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
-/// with port 0) and the server task.
+/// Binds `addr` (a start-up error when it cannot) and returns the bound address (useful with
+/// port 0) and the server, to run until `shutdown` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     checks: Vec<Box<dyn ReadinessCheck>>,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(SocketAddr, BoxFuture<'static, ()>)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on HTTP_ADDR {addr}: {e}"))?;
@@ -52,7 +52,7 @@ pub async fn serve(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(state);
-    let task = tokio::spawn(async move {
+    let server = Box::pin(async move {
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = server.await {
@@ -60,7 +60,7 @@ pub async fn serve(
         }
     });
     tracing::info!(%bound, "serving /health, /ready and /metrics");
-    Ok((bound, task))
+    Ok((bound, server))
 }
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -12,10 +12,9 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::event::{parse_event, Rejection};
-use super::{merge, ProfileUpdate};
-use crate::cache::snapshot::LastContactPusher;
-use crate::kafka::consumer::AtLeastOnceConsumer;
+use super::{merge, LastContactSink, ProfileUpdate};
 use crate::kafka::dead_letters::DeadLetters;
+use crate::kafka::ingress::Ingress;
 use crate::observe::Metrics;
 use crate::stores::{ProfileStores, StoreError};
 
@@ -42,13 +41,13 @@ impl Default for PipelineSettings {
 }
 
 pub struct ProfilePipeline {
-    pub consumer: AtLeastOnceConsumer,
+    pub consumer: Ingress,
     pub stores: ProfileStores,
     pub dead_letters: Arc<dyn DeadLetters>,
     pub metrics: Arc<Metrics>,
     pub settings: PipelineSettings,
-    /// Newer `last_contact`s go into the customer cache too, once both stores have them.
-    pub cache: LastContactPusher,
+    /// Told of the stored `last_contact`s once both stores have them.
+    pub last_contacts: Arc<dyn LastContactSink>,
 }
 
 /// The batch was given up because the service is shutting down; its offsets stay unstored.
@@ -56,7 +55,7 @@ struct Abandoned;
 
 impl ProfilePipeline {
     /// Runs until `shutdown`; then commits the offsets stored so far.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!("device profile push running");
         loop {
             let batch = tokio::select! {
@@ -70,14 +69,16 @@ impl ProfilePipeline {
                 );
                 break;
             }
-            self.consumer.store_offsets(&batch);
+            for message in &batch {
+                self.consumer.acknowledge(message);
+            }
         }
-        self.consumer.commit_stored();
+        self.consumer.commit();
         tracing::info!("device profile push stopped");
     }
 
     async fn process(
-        &mut self,
+        &self,
         batch: &[OwnedMessage],
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
@@ -135,7 +136,7 @@ impl ProfilePipeline {
     }
 
     async fn dead_letter(
-        &mut self,
+        &self,
         message: &OwnedMessage,
         rejection: &Rejection,
         shutdown: &CancellationToken,
@@ -150,7 +151,7 @@ impl ProfilePipeline {
         );
         let dead_letters = self.dead_letters.clone();
         retry(
-            &mut self.consumer,
+            &self.consumer,
             &self.settings,
             shutdown,
             "dead-letter topic",
@@ -171,7 +172,7 @@ impl ProfilePipeline {
     }
 
     async fn write(
-        &mut self,
+        &self,
         updates: &[ProfileUpdate],
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
@@ -181,7 +182,7 @@ impl ProfilePipeline {
         let stores = &self.stores;
         let metrics = &self.metrics;
         retry(
-            &mut self.consumer,
+            &self.consumer,
             &self.settings,
             shutdown,
             "profile stores",
@@ -203,18 +204,18 @@ impl ProfilePipeline {
 
     /// Retried like the store writes, so an offset is stored only once the cache has the push.
     async fn push_last_contacts(
-        &mut self,
+        &self,
         updates: &[ProfileUpdate],
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let cache = &self.cache;
+        let sink = &self.last_contacts;
         let metrics = &self.metrics;
         retry(
-            &mut self.consumer,
+            &self.consumer,
             &self.settings,
             shutdown,
-            "customer cache last_contact",
-            || cache.push(updates),
+            "last_contact sink",
+            || sink.push(updates),
             |_: &StoreError| {
                 metrics
                     .store_write_retries
@@ -230,7 +231,7 @@ impl ProfilePipeline {
 /// consumer's partitions are paused and polled (so the instance stays in its group); they are
 /// resumed after a success. Logs once when the outage starts and once when it ends.
 async fn retry<T, E, F, Fut>(
-    consumer: &mut AtLeastOnceConsumer,
+    consumer: &Ingress,
     settings: &PipelineSettings,
     shutdown: &CancellationToken,
     what: &str,

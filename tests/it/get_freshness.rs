@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::cache::snapshot::{push_last_contact, PushOutcome};
+use hawkeye_customer_cache::cache::last_contact::{push_last_contact, PushOutcome};
 use hawkeye_customer_cache::profile::LastContact;
 use hawkeye_customer_cache::sim::SimConfig;
 use redis::aio::ConnectionManager;

@@ -6,6 +6,7 @@ mod common;
 
 mod apis_bruin;
 mod apis_hawkeye;
+mod consumer_groups;
 mod get_chunks;
 mod get_clients;
 mod get_filters;

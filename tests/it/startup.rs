@@ -130,3 +130,21 @@ async fn a_wrong_redis_password_is_not_echoed() {
         "{stderr:#?}"
     );
 }
+
+#[tokio::test]
+async fn unreachable_kafka_stops_start_up_with_one_line() {
+    let mut env = isolated_env();
+    let closed = format!("127.0.0.1:{}", crate::common::free_port());
+    env.insert("KAFKA_BROKERS".into(), closed);
+    let (code, stderr) = run_to_exit(&env, Duration::from_secs(60)).await;
+    assert_eq!(code, 1);
+    let line = the_error_line(&stderr);
+    assert!(
+        line.contains("cannot reach Kafka (KAFKA_BROKERS)"),
+        "{line}"
+    );
+    // librdkafka reports the refused connections many times a second: none of that reaches
+    // the operator before the one line that says what is wrong.
+    let noise: Vec<&String> = stderr.iter().filter(|l| l.contains("librdkafka")).collect();
+    assert!(noise.is_empty(), "{noise:#?}");
+}
