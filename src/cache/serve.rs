@@ -23,7 +23,7 @@ use super::reader::CacheReader;
 use crate::config::{KafkaSettings, ServeSettings};
 use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::request_reply::{
-    correlation_headers, reply_correlation_id, ReplyRoute, RequestHeaders, RouteError,
+    correlation_headers, reply_correlation_id, ReplyRoute, ReplyTopics, RequestHeaders, RouteError,
 };
 use crate::kafka::ServiceProducer;
 use crate::observe::Metrics;
@@ -52,7 +52,7 @@ pub struct GetServer {
     reader: CacheReader,
     metrics: Arc<Metrics>,
     serve: ServeSettings,
-    default_reply_topic: String,
+    reply_topics: ReplyTopics,
     reply_budget: Arc<Semaphore>,
 }
 
@@ -105,7 +105,15 @@ impl GetServer {
             reader: CacheReader::new(redis.connection(), keys),
             metrics,
             serve,
-            default_reply_topic: kafka.topics.reply.clone(),
+            reply_topics: ReplyTopics {
+                default: kafka.topics.reply.clone(),
+                inputs: vec![
+                    kafka.topics.get.clone(),
+                    kafka.topics.refresh.clone(),
+                    kafka.topics.profile_updates.clone(),
+                ],
+                allowed: None,
+            },
             reply_budget: Arc::new(Semaphore::new(BUDGET_UNITS as usize)),
         })
     }
@@ -180,7 +188,7 @@ impl GetServer {
 
     /// Replies to one request; returns the status it was answered with.
     async fn answer(&self, request: &Incoming) -> Result<u16, Unanswered> {
-        let route = ReplyRoute::of(&request.headers, &self.default_reply_topic)?;
+        let route = ReplyRoute::of(&request.headers, &self.reply_topics)?;
         let (request_id, status, values, _budget) = self.reply_values(request).await;
         let correlation_id = reply_correlation_id(&request.headers, &request_id);
         let deliveries = values.iter().map(|value| {

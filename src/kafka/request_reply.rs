@@ -55,6 +55,8 @@ pub enum RouteError {
         "header kafka_replyPartition must be a non-negative 4-byte big-endian int, got {0:02x?}"
     )]
     InvalidPartition(Vec<u8>),
+    #[error("header kafka_replyTopic {0:?} is not a topic replies may go to (REPLY_TOPICS_ALLOWED, or an input topic of the service)")]
+    ForbiddenTopic(String),
 }
 
 impl RouteError {
@@ -63,17 +65,49 @@ impl RouteError {
         match self {
             RouteError::InvalidTopic(_) => "invalid_reply_topic",
             RouteError::InvalidPartition(_) => "invalid_reply_partition",
+            RouteError::ForbiddenTopic(_) => "reply_topic_not_allowed",
         }
     }
 }
 
+/// Where replies may go. Never into a topic the service itself reads: a reply on the refresh
+/// topic would be a refresh trigger, on a profile topic a profile event, on the request topic a
+/// request; a client allowed to write only cache requests could otherwise make the service
+/// write where the client may not. Operators may narrow it further with a pattern.
+#[derive(Debug, Clone)]
+pub struct ReplyTopics {
+    /// `TOPIC_REPLY`, for requests without `kafka_replyTopic`.
+    pub default: String,
+    /// The service's input topics.
+    pub inputs: Vec<String>,
+    /// `REPLY_TOPICS_ALLOWED`: a reply topic must match it whole.
+    pub allowed: Option<regex::Regex>,
+}
+
+impl ReplyTopics {
+    fn permits(&self, topic: &str) -> bool {
+        !self.inputs.iter().any(|input| input == topic)
+            && self.allowed.as_ref().is_none_or(|allowed| {
+                allowed
+                    .find(topic)
+                    .is_some_and(|found| found.range() == (0..topic.len()))
+            })
+    }
+}
+
 impl ReplyRoute {
-    pub fn of(headers: &RequestHeaders, default_topic: &str) -> Result<Self, RouteError> {
+    pub fn of(headers: &RequestHeaders, topics: &ReplyTopics) -> Result<Self, RouteError> {
         let topic = match &headers.reply_topic {
-            None => default_topic.to_string(),
+            None => topics.default.clone(),
             Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(name) if is_valid_topic_name(name) => name.to_string(),
-                _ => {
+                Ok(name) if !is_valid_topic_name(name) => {
+                    return Err(RouteError::InvalidTopic(name.into()))
+                }
+                Ok(name) if !topics.permits(name) => {
+                    return Err(RouteError::ForbiddenTopic(name.into()))
+                }
+                Ok(name) => name.to_string(),
+                Err(_) => {
                     return Err(RouteError::InvalidTopic(
                         String::from_utf8_lossy(bytes).into(),
                     ))
@@ -127,17 +161,25 @@ mod tests {
         }
     }
 
+    fn topics(allowed: Option<&str>) -> ReplyTopics {
+        ReplyTopics {
+            default: "reply".into(),
+            inputs: vec!["get".into(), "refresh".into(), "profiles".into()],
+            allowed: allowed.map(|pattern| regex::Regex::new(pattern).unwrap()),
+        }
+    }
+
     #[test]
     fn replies_go_to_the_default_topic_unless_the_request_names_one() {
         assert_eq!(
-            ReplyRoute::of(&headers(None, None), "reply").unwrap(),
+            ReplyRoute::of(&headers(None, None), &topics(None)).unwrap(),
             ReplyRoute {
                 topic: "reply".into(),
                 partition: None
             }
         );
         assert_eq!(
-            ReplyRoute::of(&headers(Some(b"mine"), Some(&[0, 0, 1, 2])), "reply").unwrap(),
+            ReplyRoute::of(&headers(Some(b"mine"), Some(&[0, 0, 1, 2])), &topics(None)).unwrap(),
             ReplyRoute {
                 topic: "mine".into(),
                 partition: Some(258)
@@ -147,13 +189,31 @@ mod tests {
 
     #[test]
     fn bad_reply_headers_are_refused() {
-        let err = ReplyRoute::of(&headers(Some(b"bad topic"), None), "reply").unwrap_err();
+        let err = ReplyRoute::of(&headers(Some(b"bad topic"), None), &topics(None)).unwrap_err();
         assert_eq!(err.reason(), "invalid_reply_topic");
         assert!(err.to_string().contains("\"bad topic\""));
         for partition in [&[0, 1][..], &[0xff, 0xff, 0xff, 0xff], &[0, 0, 0, 0, 1]] {
-            let err = ReplyRoute::of(&headers(None, Some(partition)), "reply").unwrap_err();
+            let err = ReplyRoute::of(&headers(None, Some(partition)), &topics(None)).unwrap_err();
             assert_eq!(err.reason(), "invalid_reply_partition");
         }
+    }
+
+    #[test]
+    fn replies_never_go_into_an_input_topic_nor_outside_the_allowed_pattern() {
+        let route =
+            |topic: &[u8], allowed| ReplyRoute::of(&headers(Some(topic), None), &topics(allowed));
+        for input in [&b"get"[..], b"refresh", b"profiles"] {
+            let err = route(input, None).unwrap_err();
+            assert_eq!(err.reason(), "reply_topic_not_allowed");
+        }
+        assert!(route(b"team-a.replies", Some(r"team-a\..*")).is_ok());
+        // The pattern must match the whole name.
+        assert!(route(b"x.team-a.replies", Some(r"team-a\..*")).is_err());
+        assert!(route(b"team-b.replies", Some(r"team-a\..*")).is_err());
+        assert!(
+            route(b"refresh", Some(".*")).is_err(),
+            "inputs stay refused"
+        );
     }
 
     #[test]

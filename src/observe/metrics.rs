@@ -16,6 +16,8 @@ pub struct Metrics {
     pub profile_events_dead_lettered: IntCounterVec,
     /// Unknown fields seen in device profile events (ignored, never an error).
     pub profile_unknown_fields: IntCounter,
+    /// Events neither written nor dead-lettered (the dead-letter topic refused them for good).
+    pub profile_events_dropped: IntCounterVec,
     /// Store write retries, by store.
     pub store_write_retries: IntCounterVec,
     /// Events per processed batch.
@@ -54,6 +56,13 @@ impl Metrics {
                 Opts::new(
                     "profile_events_dead_lettered_total",
                     "Device profile events sent to the dead-letter topic",
+                ),
+                &["reason"],
+            )?,
+            profile_events_dropped: IntCounterVec::new(
+                Opts::new(
+                    "profile_events_dropped_total",
+                    "Device profile events skipped because the dead-letter topic refused them for good",
                 ),
                 &["reason"],
             )?,
@@ -125,6 +134,7 @@ impl Metrics {
             Box::new(self.profile_devices_upserted.clone()),
             Box::new(self.profile_events_dead_lettered.clone()),
             Box::new(self.profile_unknown_fields.clone()),
+            Box::new(self.profile_events_dropped.clone()),
             Box::new(self.store_write_retries.clone()),
             Box::new(self.profile_batch_size.clone()),
             Box::new(self.profile_end_to_end_seconds.clone()),

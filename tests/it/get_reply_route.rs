@@ -111,3 +111,48 @@ async fn unanswerable_requests_are_counted_and_the_next_is_answered() {
     }
     assert_eq!(json_of(&listener.reply(b"after").await)["status"], 202);
 }
+
+#[tokio::test]
+async fn replies_are_never_written_into_the_services_own_input_topics() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let env = service.env.clone();
+    let inputs = ["TOPIC_REFRESH", "TOPIC_PROFILE_UPDATES", "TOPIC_GET"];
+    let mut listeners = Vec::new();
+    for input in inputs {
+        listeners.push(ReplyListener::at_end(&env[input]).await);
+    }
+    let request = json!({"request_id": "deputy", "body": {}}).to_string();
+    for input in inputs {
+        send_request(
+            &env,
+            None,
+            Some(request.as_bytes()),
+            &[
+                ("kafka_replyTopic", env[input].as_bytes()),
+                ("kafka_correlationId", b"deputy"),
+            ],
+        )
+        .await;
+    }
+    let refused = "hawkeye_customer_cache_get_failures_total{reason=\"reply_topic_not_allowed\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metric(&service, refused).await < inputs.len() as f64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusals not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for listener in &listeners {
+        // TOPIC_GET holds the requests themselves; a reply is the one with a status.
+        let replies: Vec<_> = listener
+            .everything_within(Duration::from_secs(2))
+            .await
+            .iter()
+            .map(json_of)
+            .filter(|value| value.get("status").is_some())
+            .collect();
+        assert!(replies.is_empty(), "replies in an input topic: {replies:?}");
+    }
+}

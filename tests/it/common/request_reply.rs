@@ -171,6 +171,16 @@ impl ReplyListener {
         replies
     }
 
+    /// Every message that arrives within `wait`.
+    pub async fn everything_within(&self, wait: Duration) -> Vec<OwnedMessage> {
+        let deadline = Instant::now() + wait;
+        let mut messages = Vec::new();
+        while let Ok(received) = tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            messages.push(received.expect("reading the topic").detach());
+        }
+        messages
+    }
+
     /// The one reply carrying `correlation_id`.
     pub async fn reply(&self, correlation_id: &[u8]) -> OwnedMessage {
         self.replies(correlation_id, |replies| !replies.is_empty())
