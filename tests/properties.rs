@@ -9,14 +9,22 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use hawkeye_customer_cache::cache::filter::{parse_filter, parse_last_contact};
 use hawkeye_customer_cache::profile::event::{parse_event, MAX_DEVICE_ID_BYTES};
+use hawkeye_customer_cache::profile::fields::{Field, FIELDS};
 use hawkeye_customer_cache::profile::merge::merge;
 use hawkeye_customer_cache::profile::{LastContact, ProfileUpdate, TextField};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-/// The string fields an event may carry (the rest of `TextField::ALL` comes from a refresh).
-fn event_text_fields() -> &'static [TextField] {
-    &TextField::ALL[..12]
+/// The string fields an event may carry (the other text fields come from a refresh).
+fn event_text_fields() -> Vec<TextField> {
+    FIELDS
+        .iter()
+        .filter(|spec| spec.event.is_some())
+        .filter_map(|spec| match spec.field {
+            Field::Text(field) => Some(field),
+            _ => None,
+        })
+        .collect()
 }
 
 const RECORD_VERSION: i64 = 1_700_000_000_000;
@@ -59,11 +67,8 @@ fn valid_event() -> impl Strategy<Value = (Value, ProfileUpdate)> {
         ".{1,20}".prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
     ];
-    let texts = prop::collection::btree_map(
-        prop::sample::select(event_text_fields().to_vec()),
-        text_value,
-        0..6,
-    );
+    let texts =
+        prop::collection::btree_map(prop::sample::select(event_text_fields()), text_value, 0..6);
     let uaspec = prop::option::of(prop::collection::btree_map(".{0,8}", ".{1,8}", 1..4));
     let epoch = prop::option::of(0..=MAX_EPOCH_MS);
     let contact_secs = prop::option::of(0i64..4_000_000_000);

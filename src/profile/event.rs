@@ -1,12 +1,14 @@
 //! A device profile event (`CONTRACT.md` §3) read from a Kafka value: parsed and validated into
 //! a [`ProfileUpdate`], or rejected with one human line for the dead-letter topic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::DateTime;
 use serde_json::value::RawValue;
 
-use super::{LastContact, ProfileUpdate, TextField};
+use super::fields::{EventKind, EventProperty, FieldValue, FIELDS};
+use super::{LastContact, ProfileUpdate};
 
 /// Values larger than this are rejected without being parsed.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -14,22 +16,6 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const MAX_DEVICE_ID_BYTES: usize = 256;
 /// The largest epoch millisecond accepted: 9999-12-31T23:59:59.999Z.
 const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
-
-/// The string fields of an event; each is stored under the same name.
-const EVENT_TEXT_FIELDS: [TextField; 12] = [
-    TextField::CountryCode,
-    TextField::Country,
-    TextField::StateCode,
-    TextField::State,
-    TextField::City,
-    TextField::DistrictCustom,
-    TextField::StateCustom,
-    TextField::StateCodeCustom,
-    TextField::UserDeclaredState,
-    TextField::UserDeclaredDistrict,
-    TextField::FcmToken,
-    TextField::ProducerId,
-];
 
 /// An accepted event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,21 +74,34 @@ pub fn parse_event(value: &[u8], record_version: i64) -> Result<ProfileEvent, Re
         device_id,
         ..ProfileUpdate::default()
     };
-    for field in EVENT_TEXT_FIELDS {
-        if let Some(text) = text(field.name(), object.remove(field.name()))? {
-            update.text.insert(field, text);
+    for spec in FIELDS {
+        if let Some(property) = spec.event {
+            let value = property_value(property, object.remove(property.name))?;
+            update.set(spec.field, value);
         }
     }
-    update.uaspec = string_map("uaspec", object.remove("uaspec"))?;
-    update.device_spec = string_map("device_spec", object.remove("device_spec"))?;
-    update.first_access = epoch_ms("first_access", object.remove("first_access"))?;
-    update.api_last_updated_on =
-        epoch_ms("api_last_updated_on", object.remove("api_last_updated_on"))?;
-    update.last_contact = last_contact(object.remove("last_contact"))?;
     update.version = update.api_last_updated_on.unwrap_or(record_version);
     Ok(ProfileEvent {
         update,
         unknown_fields: object.len(),
+    })
+}
+
+/// One property of the event, read by its kind.
+fn property_value(
+    property: EventProperty,
+    raw: Option<&RawValue>,
+) -> Result<Option<FieldValue<'static>>, Rejection> {
+    let name = property.name;
+    Ok(match property.kind {
+        EventKind::Text => text(name, raw)?.map(|text| FieldValue::Text(Cow::Owned(text))),
+        EventKind::TextMap => {
+            string_map(name, raw)?.map(|map| FieldValue::TextMap(Cow::Owned(map)))
+        }
+        EventKind::EpochMs => epoch_ms(name, raw)?.map(FieldValue::Timestamp),
+        EventKind::DateTime => {
+            date_time(name, raw)?.map(|contact| FieldValue::LastContact(Cow::Owned(contact)))
+        }
     })
 }
 
@@ -243,12 +242,15 @@ fn epoch_ms(field: &'static str, raw: Option<&RawValue>) -> Result<Option<i64>, 
 }
 
 /// An RFC 3339 datetime, kept as sent. `""` and `null` are absent.
-fn last_contact(raw: Option<&RawValue>) -> Result<Option<LastContact>, Rejection> {
+fn date_time(
+    field: &'static str,
+    raw: Option<&RawValue>,
+) -> Result<Option<LastContact>, Rejection> {
     const EXPECTED: &str = "an RFC 3339 datetime";
     let Some(raw) = raw.filter(|raw| !is_null(raw)) else {
         return Ok(None);
     };
-    let text = as_string(raw).ok_or_else(|| wrong_type("last_contact", EXPECTED, raw))?;
+    let text = as_string(raw).ok_or_else(|| wrong_type(field, EXPECTED, raw))?;
     if text.is_empty() {
         return Ok(None);
     }
@@ -258,7 +260,7 @@ fn last_contact(raw: Option<&RawValue>) -> Result<Option<LastContact>, Rejection
             text,
         })),
         Err(_) => Err(Rejection::WrongType {
-            field: "last_contact",
+            field,
             expected: EXPECTED,
             got: format!("{text:?}"),
         }),
@@ -268,6 +270,7 @@ fn last_contact(raw: Option<&RawValue>) -> Result<Option<LastContact>, Rejection
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::TextField;
 
     const RECORD_VERSION: i64 = 1_700_000_000_000;
 

@@ -9,9 +9,13 @@
 //! `user_declared_on` is its version.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{LastContact, ProfileUpdate, TextField};
+use super::fields::{fields_with, Field, MergeRule, FIELDS};
+use super::{ProfileUpdate, TextField};
+
+/// The rules that do not depend on versions: their winners ride on the newest update.
+const VERSION_FREE_RULES: [MergeRule; 2] = [MergeRule::Smallest, MergeRule::LatestInstant];
 
 /// One update per (device, version) that still carries a winning field, sorted by device and
 /// version. The result is the same for every order of `updates`.
@@ -29,12 +33,12 @@ pub fn merge(updates: impl IntoIterator<Item = ProfileUpdate>) -> Vec<ProfileUpd
 /// The updates of one device, merged.
 fn merge_device(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
     let mut by_version: BTreeMap<i64, ProfileUpdate> = BTreeMap::new();
-    let mut first_access = None;
-    let mut last_contact: Option<LastContact> = None;
+    let mut version_free_winners = ProfileUpdate::default();
     let mut earliest_declaration: Option<(i64, String)> = None;
     for update in updates {
-        first_access = min_option(first_access, update.first_access);
-        last_contact = later_contact(last_contact, update.last_contact.clone());
+        for rule in VERSION_FREE_RULES {
+            keep_winners(&mut version_free_winners, &update, rule);
+        }
         if let Some(state) = update.text.get(&TextField::UserDeclaredState) {
             let candidate = (update.version, state.clone());
             earliest_declaration = Some(match earliest_declaration {
@@ -43,7 +47,9 @@ fn merge_device(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
             });
         }
         match by_version.get_mut(&update.version) {
-            Some(merged) => merge_same_version(merged, update),
+            // Within one version, the store keeps the greater value of each field (ties of
+            // last-write-wins), so the merge does too.
+            Some(merged) => keep_winners(merged, &update, MergeRule::NewestVersion),
             None => {
                 by_version.insert(update.version, update);
             }
@@ -56,69 +62,59 @@ fn merge_device(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
         }
     }
     if let Some((_, newest)) = by_version.iter_mut().next_back() {
-        newest.first_access = first_access;
-        newest.last_contact = last_contact;
+        for field in VERSION_FREE_RULES.into_iter().flat_map(fields_with) {
+            newest.set(field, version_free_winners.value(field));
+        }
     }
     by_version.into_values().filter(carries_anything).collect()
 }
 
-/// Within one version, the store keeps the greater value of each field (ties of
-/// last-write-wins), so the merge does too.
-fn merge_same_version(merged: &mut ProfileUpdate, update: ProfileUpdate) {
-    for (field, value) in update.text {
-        let slot = merged.text.entry(field).or_default();
-        if value.as_bytes() > slot.as_bytes() {
-            *slot = value;
+/// Copies into `kept` each field of `rule` whose value in `update` the store would keep over
+/// the one in `kept`.
+fn keep_winners(kept: &mut ProfileUpdate, update: &ProfileUpdate, rule: MergeRule) {
+    for field in fields_with(rule) {
+        let Some(candidate) = update.value(field) else {
+            continue;
+        };
+        let replaces = kept
+            .value(field)
+            .is_none_or(|current| candidate.cmp_as_stored(&current) == Some(wins(rule)));
+        if replaces {
+            kept.set(field, Some(candidate));
         }
     }
-    merged.client_id = max_option(merged.client_id, update.client_id);
-    merged.site_id = max_option(merged.site_id, update.site_id);
-    merged.api_last_updated_on = max_option(merged.api_last_updated_on, update.api_last_updated_on);
-    merged.uaspec = greater_spec(merged.uaspec.take(), update.uaspec);
-    merged.device_spec = greater_spec(merged.device_spec.take(), update.device_spec);
 }
 
-/// Removes from older versions every field a newer version overwrites.
-fn drop_overridden_fields(by_version: &mut BTreeMap<i64, ProfileUpdate>) {
-    let mut newer = ProfileUpdate::default();
-    for update in by_version.values_mut().rev() {
-        update
-            .text
-            .retain(|field, _| !newer.text.contains_key(field));
-        newer
-            .text
-            .extend(update.text.iter().map(|(f, v)| (*f, v.clone())));
-        drop_if_set(&mut update.client_id, &mut newer.client_id);
-        drop_if_set(&mut update.site_id, &mut newer.site_id);
-        drop_if_set(
-            &mut update.api_last_updated_on,
-            &mut newer.api_last_updated_on,
-        );
-        drop_if_set(&mut update.uaspec, &mut newer.uaspec);
-        drop_if_set(&mut update.device_spec, &mut newer.device_spec);
-        update.first_access = None;
-        update.last_contact = None;
+/// How a winning value compares to the one it replaces under `rule`.
+fn wins(rule: MergeRule) -> Ordering {
+    match rule {
+        MergeRule::Smallest | MergeRule::EarliestDeclaration => Ordering::Less,
+        MergeRule::NewestVersion | MergeRule::LatestInstant | MergeRule::UpdateVersion => {
+            Ordering::Greater
+        }
     }
 }
 
-/// Clears `older` when a newer update set the field; otherwise remembers `older` as set.
-fn drop_if_set<T: Clone>(older: &mut Option<T>, newer: &mut Option<T>) {
-    if newer.is_some() {
-        *older = None;
-    } else {
-        newer.clone_from(older);
+/// Removes from older versions every field a newer version overwrites, and from every version
+/// the version-free fields (the newest update gets their winners).
+fn drop_overridden_fields(by_version: &mut BTreeMap<i64, ProfileUpdate>) {
+    let mut set_by_newer: BTreeSet<Field> = BTreeSet::new();
+    for update in by_version.values_mut().rev() {
+        for field in fields_with(MergeRule::NewestVersion) {
+            if update.value(field).is_some() && !set_by_newer.insert(field) {
+                update.set(field, None);
+            }
+        }
+        for field in VERSION_FREE_RULES.into_iter().flat_map(fields_with) {
+            update.set(field, None);
+        }
     }
 }
 
 fn carries_anything(update: &ProfileUpdate) -> bool {
-    !update.text.is_empty()
-        || update.client_id.is_some()
-        || update.site_id.is_some()
-        || update.api_last_updated_on.is_some()
-        || update.uaspec.is_some()
-        || update.device_spec.is_some()
-        || update.first_access.is_some()
-        || update.last_contact.is_some()
+    FIELDS
+        .iter()
+        .any(|spec| !spec.rule.is_derived() && update.value(spec.field).is_some())
 }
 
 /// Whether `current` stays the earliest declaration against `candidate`: the smaller version,
@@ -131,46 +127,10 @@ fn earliest_declared(current: &(i64, String), candidate: &(i64, String)) -> bool
     }
 }
 
-fn min_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn max_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    a.max(b)
-}
-
-/// The later instant; on equal instants the greater text (as the Redis script decides).
-fn later_contact(a: Option<LastContact>, b: Option<LastContact>) -> Option<LastContact> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let a_wins = (a.at, a.text.as_bytes()) >= (b.at, b.text.as_bytes());
-            Some(if a_wins { a } else { b })
-        }
-        (a, b) => a.or(b),
-    }
-}
-
-/// The spec whose JSON text (what Redis stores and compares) is greater.
-fn greater_spec(
-    a: Option<BTreeMap<String, String>>,
-    b: Option<BTreeMap<String, String>>,
-) -> Option<BTreeMap<String, String>> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let text =
-                |map: &BTreeMap<String, String>| serde_json::to_string(map).unwrap_or_default();
-            Some(if text(&a) >= text(&b) { a } else { b })
-        }
-        (a, b) => a.or(b),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::LastContact;
     use chrono::DateTime;
 
     /// A model of one store: per field the value and the order key the rules compare.

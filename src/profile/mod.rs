@@ -2,6 +2,7 @@
 //! that make writes order-independent.
 
 pub mod event;
+pub mod fields;
 pub mod merge;
 pub mod pipeline;
 pub mod publish;

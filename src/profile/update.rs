@@ -2,11 +2,15 @@
 //! §3) or from a kept device of a refresh (§4). Absent fields (`None`, missing from `text`)
 //! leave the stored values as they are.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-/// The string columns of `device_profile`; each is a Redis hash field of the same name.
+use super::fields::{Field, FieldValue};
+
+/// The string columns of `device_profile` (rows of [`FIELDS`](super::fields::FIELDS)); each is
+/// a Redis hash field of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TextField {
     CountryCode,
@@ -31,30 +35,8 @@ pub enum TextField {
 }
 
 impl TextField {
-    pub const ALL: [TextField; 19] = [
-        TextField::CountryCode,
-        TextField::Country,
-        TextField::StateCode,
-        TextField::State,
-        TextField::City,
-        TextField::DistrictCustom,
-        TextField::StateCustom,
-        TextField::StateCodeCustom,
-        TextField::UserDeclaredState,
-        TextField::UserDeclaredDistrict,
-        TextField::FcmToken,
-        TextField::ProducerId,
-        TextField::SerialNumber,
-        TextField::ProbeId,
-        TextField::ProbeUid,
-        TextField::ProbeGroup,
-        TextField::DeviceTypeName,
-        TextField::ClientName,
-        TextField::ManagementStatus,
-    ];
-
     /// The JSON field of the event, the Cassandra column and the Redis hash field.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             TextField::CountryCode => "country_code",
             TextField::Country => "country",
@@ -113,4 +95,57 @@ impl ProfileUpdate {
             .contains_key(&TextField::UserDeclaredState)
             .then_some(self.version)
     }
+
+    /// The value of `field` this update writes; `None` when it leaves the field as stored.
+    pub fn value(&self, field: Field) -> Option<FieldValue<'_>> {
+        match field {
+            Field::Text(field) => self
+                .text
+                .get(&field)
+                .map(|text| FieldValue::Text(Cow::Borrowed(text))),
+            Field::ClientId => self.client_id.map(FieldValue::BigInt),
+            Field::SiteId => self.site_id.map(FieldValue::BigInt),
+            Field::ApiLastUpdatedOn => self.api_last_updated_on.map(FieldValue::Timestamp),
+            Field::Uaspec => borrowed_map(&self.uaspec),
+            Field::DeviceSpec => borrowed_map(&self.device_spec),
+            Field::FirstAccess => self.first_access.map(FieldValue::Timestamp),
+            Field::UserDeclaredOn => self.user_declared_on().map(FieldValue::Timestamp),
+            Field::LastContact => self
+                .last_contact
+                .as_ref()
+                .map(|contact| FieldValue::LastContact(Cow::Borrowed(contact))),
+            // The time of the change as its source ordered it, so a replay writes the same value.
+            Field::UpdatedDate => Some(FieldValue::Timestamp(self.version)),
+        }
+    }
+
+    /// Sets `field` to `value`, or clears it with `None` (or a value of another type). Derived
+    /// fields follow the fields they are computed from and are left alone.
+    pub fn set(&mut self, field: Field, value: Option<FieldValue<'_>>) {
+        match field {
+            Field::Text(field) => match value.and_then(FieldValue::into_text) {
+                Some(text) => {
+                    self.text.insert(field, text);
+                }
+                None => {
+                    self.text.remove(&field);
+                }
+            },
+            Field::ClientId => self.client_id = value.and_then(FieldValue::into_number),
+            Field::SiteId => self.site_id = value.and_then(FieldValue::into_number),
+            Field::ApiLastUpdatedOn => {
+                self.api_last_updated_on = value.and_then(FieldValue::into_number)
+            }
+            Field::Uaspec => self.uaspec = value.and_then(FieldValue::into_text_map),
+            Field::DeviceSpec => self.device_spec = value.and_then(FieldValue::into_text_map),
+            Field::FirstAccess => self.first_access = value.and_then(FieldValue::into_number),
+            Field::LastContact => self.last_contact = value.and_then(FieldValue::into_last_contact),
+            Field::UserDeclaredOn | Field::UpdatedDate => {}
+        }
+    }
+}
+
+fn borrowed_map(map: &Option<BTreeMap<String, String>>) -> Option<FieldValue<'_>> {
+    map.as_ref()
+        .map(|map| FieldValue::TextMap(Cow::Borrowed(map)))
 }

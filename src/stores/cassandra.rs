@@ -16,7 +16,8 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use super::StoreError;
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
-use crate::profile::{ProfileUpdate, TextField};
+use crate::profile::fields::{FieldValue, MergeRule, FIELDS};
+use crate::profile::ProfileUpdate;
 
 /// The CQL of the table, kept in `schemas/` for operators and applied by the service.
 pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
@@ -117,19 +118,6 @@ impl CassandraStore {
 /// Device batches in flight at once per upsert call.
 const PROFILE_WRITES_IN_FLIGHT: usize = 64;
 
-/// The non-text columns of `device_profile` that updates write.
-const OTHER_COLUMNS: [&str; 9] = [
-    "client_id",
-    "site_id",
-    "uaspec",
-    "device_spec",
-    "first_access",
-    "api_last_updated_on",
-    "updated_date",
-    "user_declared_on",
-    "last_contact",
-];
-
 /// Writes device profiles into `device_profile`: one unlogged single-partition batch per
 /// device whose cell timestamps encode the per-field rules, so no read and no lightweight
 /// transaction is needed (docs/architecture.md, "Device profile push").
@@ -142,12 +130,8 @@ pub struct ProfileWriter {
 
 impl ProfileWriter {
     pub async fn prepare(store: &CassandraStore) -> Result<Self, StoreError> {
-        let columns = TextField::ALL
-            .iter()
-            .map(|field| field.name())
-            .chain(OTHER_COLUMNS);
         let mut statements = BTreeMap::new();
-        for column in columns {
+        for column in FIELDS.iter().map(|spec| spec.column) {
             let cql = format!(
                 "UPDATE {}.device_profile USING TIMESTAMP ? SET {column} = ? WHERE device_id = ?",
                 store.keyspace
@@ -222,57 +206,45 @@ fn smallest_wins(value: i64) -> i64 {
     i64::MAX.saturating_sub(value.max(0))
 }
 
+/// The cells of every field the update writes, each with the timestamp of its rule.
 fn profile_cells(update: &ProfileUpdate) -> Vec<Cell> {
-    let newest = newest_wins(update.version);
-    let cell = |column, timestamp, value| Cell {
-        column,
-        timestamp,
-        value,
-    };
-    let mut cells: Vec<Cell> = update
-        .text
+    FIELDS
         .iter()
-        .map(|(field, text)| cell(field.name(), newest, CqlValue::Text(text.clone())))
-        .collect();
-    let integers = [("client_id", update.client_id), ("site_id", update.site_id)];
-    cells.extend(
-        integers
-            .into_iter()
-            .filter_map(|(column, value)| Some(cell(column, newest, CqlValue::BigInt(value?)))),
-    );
-    let specs = [
-        ("uaspec", &update.uaspec),
-        ("device_spec", &update.device_spec),
-    ];
-    cells.extend(
-        specs
-            .into_iter()
-            .filter_map(|(column, spec)| Some(cell(column, newest, text_map(spec.as_ref()?)))),
-    );
-    if let Some(updated_on) = update.api_last_updated_on {
-        cells.push(cell("api_last_updated_on", newest, timestamp(updated_on)));
+        .filter_map(|spec| {
+            let value = update.value(spec.field)?;
+            Some(Cell {
+                column: spec.column,
+                timestamp: cell_timestamp(spec.rule, update.version, &value),
+                value: cql_value(value),
+            })
+        })
+        .collect()
+}
+
+fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i64 {
+    match (rule, value) {
+        (MergeRule::NewestVersion | MergeRule::UpdateVersion, _) => newest_wins(version_ms),
+        (MergeRule::Smallest | MergeRule::EarliestDeclaration, FieldValue::Timestamp(ms)) => {
+            smallest_wins(*ms)
+        }
+        (MergeRule::LatestInstant, FieldValue::LastContact(contact)) => {
+            contact.at.timestamp_micros()
+        }
+        // A rule on a value it cannot order: the table's tests rule this out.
+        (MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant, _) => {
+            newest_wins(version_ms)
+        }
     }
-    // The time of the change as its source ordered it, so a replay writes the same value.
-    cells.push(cell("updated_date", newest, timestamp(update.version)));
-    if let Some(first_access) = update.first_access {
-        cells.push(cell(
-            "first_access",
-            smallest_wins(first_access),
-            timestamp(first_access),
-        ));
+}
+
+fn cql_value(value: FieldValue<'_>) -> CqlValue {
+    match value {
+        FieldValue::Text(text) => CqlValue::Text(text.into_owned()),
+        FieldValue::BigInt(number) => CqlValue::BigInt(number),
+        FieldValue::TextMap(map) => text_map(&map),
+        FieldValue::Timestamp(ms) => timestamp(ms),
+        FieldValue::LastContact(contact) => timestamp(contact.at.timestamp_millis()),
     }
-    if let Some(declared_on) = update.user_declared_on() {
-        cells.push(cell(
-            "user_declared_on",
-            smallest_wins(declared_on),
-            timestamp(declared_on),
-        ));
-    }
-    if let Some(contact) = &update.last_contact {
-        let instant = CqlValue::Timestamp(CqlTimestamp(contact.at.timestamp_millis()));
-        cells.push(cell("last_contact", contact.at.timestamp_micros(), instant));
-    }
-    cells
 }
 
 fn timestamp(epoch_ms: i64) -> CqlValue {
@@ -299,7 +271,7 @@ impl ReadinessCheck for CassandraStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::LastContact;
+    use crate::profile::{LastContact, TextField};
 
     fn cell_of<'a>(cells: &'a [Cell], column: &str) -> &'a Cell {
         cells.iter().find(|cell| cell.column == column).unwrap()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::observe::http::ReadinessCheck;
+use crate::profile::fields::{map_text, FieldValue, MergeRule, ValueType, FIELDS};
 use crate::profile::{LastContact, ProfileUpdate};
 
 #[derive(Clone)]
@@ -150,20 +151,35 @@ impl ProfileWriter {
 
 /// How the script resolves one field (see `profile_upsert.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
+enum ScriptRule {
     Text,
     Int,
     Min,
     LastContact,
 }
 
-impl Rule {
+impl ScriptRule {
+    fn of(rule: MergeRule, value_type: ValueType) -> Self {
+        match (rule, value_type) {
+            (
+                MergeRule::NewestVersion | MergeRule::UpdateVersion,
+                ValueType::BigInt | ValueType::Timestamp,
+            ) => ScriptRule::Int,
+            (
+                MergeRule::NewestVersion | MergeRule::UpdateVersion,
+                ValueType::Text | ValueType::TextMap,
+            ) => ScriptRule::Text,
+            (MergeRule::Smallest | MergeRule::EarliestDeclaration, _) => ScriptRule::Min,
+            (MergeRule::LatestInstant, _) => ScriptRule::LastContact,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
-            Rule::Text => "text",
-            Rule::Int => "int",
-            Rule::Min => "min",
-            Rule::LastContact => "lc",
+            ScriptRule::Text => "text",
+            ScriptRule::Int => "int",
+            ScriptRule::Min => "min",
+            ScriptRule::LastContact => "lc",
         }
     }
 }
@@ -183,44 +199,29 @@ fn script_arguments(update: &ProfileUpdate) -> Vec<String> {
 }
 
 /// The hash fields an update carries, named as readers expect (`CONTRACT.md` §3).
-fn hash_fields(update: &ProfileUpdate) -> Vec<(Rule, &'static str, String)> {
-    let mut fields: Vec<(Rule, &'static str, String)> = update
-        .text
+fn hash_fields(update: &ProfileUpdate) -> Vec<(ScriptRule, &'static str, String)> {
+    FIELDS
         .iter()
-        .map(|(field, value)| (Rule::Text, field.name(), value.clone()))
-        .collect();
-    let integers = [
-        ("client_id", update.client_id),
-        ("site_id", update.site_id),
-        ("api_last_updated_on", update.api_last_updated_on),
-    ];
-    fields.extend(
-        integers
-            .into_iter()
-            .filter_map(|(name, value)| Some((Rule::Int, name, value?.to_string()))),
-    );
-    let specs = [
-        ("uaspec", &update.uaspec),
-        ("devicespec", &update.device_spec),
-    ];
-    fields.extend(specs.into_iter().filter_map(|(name, spec)| {
-        // A BTreeMap of strings always serializes; its sorted keys make the text canonical.
-        let text = serde_json::to_string(spec.as_ref()?).ok()?;
-        Some((Rule::Text, name, text))
-    }));
-    let earliest = [
-        ("firstaccess", update.first_access),
-        ("user_declared_on", update.user_declared_on()),
-    ];
-    fields.extend(
-        earliest
-            .into_iter()
-            .filter_map(|(name, value)| Some((Rule::Min, name, value?.to_string()))),
-    );
-    if let Some(contact) = &update.last_contact {
-        fields.push((Rule::LastContact, "last_contact", contact.text.clone()));
+        .filter_map(|spec| {
+            let name = spec.redis?;
+            let value = update.value(spec.field)?;
+            Some((
+                ScriptRule::of(spec.rule, spec.value_type),
+                name,
+                hash_value(value),
+            ))
+        })
+        .collect()
+}
+
+/// A value as the hash stores it: numbers in decimal, maps as their JSON text.
+fn hash_value(value: FieldValue<'_>) -> String {
+    match value {
+        FieldValue::Text(text) => text.into_owned(),
+        FieldValue::BigInt(number) | FieldValue::Timestamp(number) => number.to_string(),
+        FieldValue::TextMap(map) => map_text(&map),
+        FieldValue::LastContact(contact) => contact.text.clone(),
     }
-    fields
 }
 
 /// The script's answer: `[text, micros]` when the device has a last contact.
