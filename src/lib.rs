@@ -8,6 +8,7 @@ pub mod config;
 pub mod kafka;
 pub mod observe;
 pub mod profile;
+pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod sim;

@@ -9,11 +9,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::retry::with_retries;
 use super::{
-    api, endpoint_url, send, ApiError, RetryPolicy, DEFAULT_REQUEST_TIMEOUT, MAX_SMALL_ANSWER_BYTES,
+    api, endpoint_url, send, ApiError, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_POLICY,
+    MAX_SMALL_ANSWER_BYTES,
 };
 use crate::config::{BruinSettings, Secret};
 use crate::observe::Metrics;
+use crate::retry::RetryPolicy;
 
 /// One inventory document of `GET /api/Inventory`, fields as Bruin sends them.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +101,7 @@ impl BruinClient {
             client_id: settings.client_id.clone(),
             client_secret: settings.client_secret.clone(),
             metrics,
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY_POLICY,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             token: Arc::default(),
         })
@@ -154,10 +157,10 @@ impl BruinClient {
         api: &'static str,
         url: Url,
     ) -> Result<T, ApiError> {
-        let body = self
-            .retry
-            .run(api, &self.metrics, || self.get_with_token(api, &url))
-            .await?;
+        let body = with_retries(&self.retry, api, &self.metrics, || {
+            self.get_with_token(api, &url)
+        })
+        .await?;
         serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse {
             api,
             reason: e.to_string(),
@@ -205,10 +208,10 @@ impl BruinClient {
                 });
             }
         }
-        match self
-            .retry
-            .run(api::BRUIN_TOKEN, &self.metrics, || self.request_token())
-            .await
+        match with_retries(&self.retry, api::BRUIN_TOKEN, &self.metrics, || {
+            self.request_token()
+        })
+        .await
         {
             Ok(token) => {
                 state.failure = None;

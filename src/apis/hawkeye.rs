@@ -9,9 +9,11 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::{api, endpoint_url, send, ApiError, RetryPolicy, DEFAULT_REQUEST_TIMEOUT};
+use super::retry::with_retries;
+use super::{api, endpoint_url, send, ApiError, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_POLICY};
 use crate::config::{HawkeyeSettings, Secret};
 use crate::observe::Metrics;
+use crate::retry::RetryPolicy;
 
 /// Largest page answer read (a page of a few thousand probes is a few MiB).
 const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -108,7 +110,7 @@ impl HawkeyeClient {
             username: settings.username.clone(),
             password: settings.password.clone(),
             metrics,
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY_POLICY,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             page_limit: DEFAULT_PAGE_LIMIT,
             logged_in: AtomicBool::new(false),
@@ -136,12 +138,10 @@ impl HawkeyeClient {
         let mut probes: Vec<Probe> = Vec::new();
         loop {
             let offset = probes.len();
-            let page = self
-                .retry
-                .run(api::HAWKEYE, &self.metrics, || {
-                    self.page_with_session(offset)
-                })
-                .await?;
+            let page = with_retries(&self.retry, api::HAWKEYE, &self.metrics, || {
+                self.page_with_session(offset)
+            })
+            .await?;
             let total = page.total()?;
             let received = page.records.len();
             probes.extend(page.records);

@@ -1,7 +1,8 @@
 //! HTTP clients of the two external APIs of the customer cache refresh (`CONTRACT.md` §4):
 //! Hawkeye/Ixia (probes) and Bruin (inventory and management status).
 //!
-//! Both share one error type, one retry policy ([`retry::RetryPolicy`]) and one way of sending
+//! Both share one error type, one retry policy ([`retry::DEFAULT_RETRY_POLICY`], the
+//! service's [`crate::retry::RetryPolicy`]) and one way of sending
 //! a request: a per-request timeout and a cap on the size of every answer, so no reply can hang
 //! a refresh or exhaust memory. Error texts never carry secrets: no passwords, client secrets,
 //! tokens or cookies, and no URLs (which could carry credentials).
@@ -16,7 +17,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 
 pub use bruin::{BruinClient, InventoryDocument};
 pub use hawkeye::{HawkeyeClient, LastUpdate, Probe};
-pub use retry::RetryPolicy;
+pub use retry::DEFAULT_RETRY_POLICY;
 
 /// Label values of `api_requests_total{api=...}`, also the prefix of every error text.
 pub mod api {

@@ -19,25 +19,29 @@ use super::last_contact::LastContactPusher;
 use super::notifications::{Notification, Requests};
 use super::publish::{self, Generation, PublishError, RefreshLock};
 use super::rules::{self, ClientInfo, DropReason, KeptDevice};
-use crate::apis::{ApiError, BruinClient, HawkeyeClient, Probe, RetryPolicy};
+use crate::apis::{ApiError, BruinClient, HawkeyeClient, Probe};
 use crate::config::RefreshSettings;
 use crate::kafka::notifications::Notifier;
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
+use crate::retry::{Failure, RetryPolicy};
 use crate::stores::{ProfileStores, StoreError};
 
 /// Most devices per call to the profile stores (calls take what has arrived meanwhile).
 const PROFILE_CHUNK: usize = 1000;
-/// Calls per profile chunk before the refresh fails (the writes are idempotent).
-const PROFILE_ATTEMPTS: u32 = 3;
+/// Up to three calls per profile chunk while the stores fail transiently, about 1 and 2 s apart
+/// (the writes are idempotent); a permanent failure fails the refresh at once.
+const PROFILE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: Some(3),
+    ..RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(2))
+};
 
 /// Waits between failed probe fetches: about 1, 2, 4, 8, 16 s, then 30 s.
 fn probe_fetch_backoff(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
-        max_attempts,
-        base_delay: Duration::from_secs(1),
-        max_delay: Duration::from_secs(30),
-        ..RetryPolicy::default()
+        max_attempts: Some(max_attempts),
+        // Every failure counts as transient (see `fetch_probes`).
+        ..RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 }
 
@@ -215,27 +219,33 @@ impl Refresher {
     }
 
     /// Fetches every probe, trying up to `HAWKEYE_MAX_ATTEMPTS` times (counted in `attempts`).
-    /// An empty list counts as a failed attempt: an API fault must not empty the cache.
+    /// Every failure is tried again, even one the API client calls permanent: the client has
+    /// already retried its transient ones, and a refresh is worth a few more minutes before it
+    /// fails. An empty list counts as a failed attempt: an API fault must not empty the cache.
     async fn fetch_probes(&self, attempts: &AtomicU32) -> Result<Vec<Probe>, RefreshError> {
         let max_attempts = self.settings.hawkeye_max_attempts;
-        let backoff = probe_fetch_backoff(max_attempts);
-        loop {
-            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
-            let last_error = match self.hawkeye.fetch_probes().await {
-                Ok(probes) if !probes.is_empty() => return Ok(probes),
-                Ok(_) => "Hawkeye returned no probes".to_string(),
-                Err(e) => e.to_string(),
-            };
-            if attempt >= max_attempts {
-                return Err(RefreshError::ProbesUnavailable {
-                    attempts: attempt,
-                    last_error,
-                });
+        let fetch = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            match self.hawkeye.fetch_probes().await {
+                Ok(probes) if !probes.is_empty() => Ok(probes),
+                Ok(_) => Err("Hawkeye returned no probes".to_string()),
+                Err(e) => Err(e.to_string()),
             }
-            let delay = backoff.delay(attempt, None, rand::random());
-            tracing::warn!(attempt, max_attempts, error = %last_error, delay_ms = delay.as_millis() as u64, "probe fetch failed; retrying");
-            tokio::time::sleep(delay).await;
-        }
+        };
+        probe_fetch_backoff(max_attempts)
+            .run(
+                fetch,
+                |_| Failure::Transient,
+                |retry| {
+                    tracing::warn!(attempt = retry.failures, max_attempts, error = %retry.error, delay_ms = retry.delay.as_millis() as u64, "probe fetch failed; retrying");
+                },
+                tokio::time::sleep,
+            )
+            .await
+            .map_err(|last_error| RefreshError::ProbesUnavailable {
+                attempts: attempts.load(Ordering::Relaxed),
+                last_error,
+            })
     }
 
     /// Skips the never-contacted probes and checks the others in Bruin, at most
@@ -368,18 +378,16 @@ impl Refresher {
         &self,
         updates: &[ProfileUpdate],
     ) -> Result<Vec<Option<LastContact>>, StoreError> {
-        let mut attempt = 1;
-        loop {
-            match self.profiles.upsert(updates).await {
-                Ok(stored) => return Ok(stored),
-                Err(e) if attempt < PROFILE_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, "profile upsert failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        PROFILE_RETRY
+            .run(
+                || self.profiles.upsert(updates),
+                |error: &StoreError| Failure::of(error.is_transient()),
+                |retry| {
+                    tracing::warn!(error = %retry.error, attempt = retry.failures, "profile upsert failed; retrying");
+                },
+                tokio::time::sleep,
+            )
+            .await
     }
 
     async fn publish(

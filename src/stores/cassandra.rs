@@ -13,7 +13,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 
-use super::StoreError;
+use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
 use crate::profile::fields::{FieldValue, MergeRule, FIELDS};
@@ -175,7 +175,10 @@ impl ProfileWriter {
         let mut values = Vec::new();
         for cell in updates.into_iter().flat_map(profile_cells) {
             let statement = self.statements.get(cell.column).ok_or_else(|| {
-                StoreError::Cassandra(format!("no prepared update for column {}", cell.column))
+                StoreError::cassandra(
+                    "cannot write device_profile",
+                    CassandraCause::UnpreparedColumn(cell.column),
+                )
             })?;
             batch.append_statement(statement.clone());
             values.push((cell.timestamp, cell.value, device_id));

@@ -207,7 +207,7 @@ async fn a_serial_that_keeps_failing_is_an_error_after_the_attempts() {
     assert!(error.is_transient());
     assert_eq!(
         sim.stats().inventory_calls,
-        u64::from(fast_retry().max_attempts)
+        u64::from(fast_retry().max_attempts.unwrap())
     );
 }
 

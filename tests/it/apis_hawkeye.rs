@@ -138,7 +138,7 @@ async fn a_page_that_keeps_failing_fails_the_whole_fetch() {
     // Pages 0-2 once, page 3 for every attempt of the policy; nothing after it.
     assert_eq!(
         sim.stats().probe_calls,
-        3 + u64::from(fast_retry().max_attempts)
+        3 + u64::from(fast_retry().max_attempts.unwrap())
     );
 
     sim.fail_probe_page(None);

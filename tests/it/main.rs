@@ -26,3 +26,4 @@ mod refresh_publish;
 mod refresh_shutdown;
 mod refresh_triggers;
 mod startup;
+mod store_errors;

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hawkeye_customer_cache::apis::{BruinClient, HawkeyeClient, RetryPolicy};
+use hawkeye_customer_cache::apis::{BruinClient, HawkeyeClient, DEFAULT_RETRY_POLICY};
 use hawkeye_customer_cache::observe::Metrics;
+use hawkeye_customer_cache::retry::RetryPolicy;
 use hawkeye_customer_cache::sim::RunningSim;
 
 /// The default number of attempts, with waits of milliseconds so tests stay quick.
@@ -13,7 +14,7 @@ pub fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         max_retry_after: Duration::from_millis(50),
-        ..RetryPolicy::default()
+        ..DEFAULT_RETRY_POLICY
     }
 }
 
