@@ -25,6 +25,7 @@ use crate::kafka::notifications::Notifier;
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
 use crate::retry::{Failure, RetryPolicy};
+use crate::stores::profiles::Upserted;
 use crate::stores::{ProfileStores, StoreError};
 
 /// Most devices per call to the profile stores (calls take what has arrived meanwhile).
@@ -356,10 +357,20 @@ impl Refresher {
         while kept.recv_many(&mut chunk, PROFILE_CHUNK).await > 0 {
             if failure.is_none() {
                 match self.upsert_chunk(&chunk).await {
-                    Ok(last_contacts) => {
-                        for (update, last_contact) in chunk.iter().zip(last_contacts) {
-                            if let Some(last_contact) = last_contact {
-                                stored.insert(update.device_id.clone(), last_contact);
+                    Ok(outcomes) => {
+                        for (update, outcome) in chunk.iter().zip(outcomes) {
+                            match outcome {
+                                Ok(Some(last_contact)) => {
+                                    stored.insert(update.device_id.clone(), last_contact);
+                                }
+                                Ok(None) => {}
+                                // The device stays in the cache; its profile is not written
+                                // (e.g. its Redis key is not a hash: never overwritten).
+                                Err(refused) => tracing::warn!(
+                                    device_id = %update.device_id,
+                                    error = %refused,
+                                    "a store refused the device's profile; left as it is"
+                                ),
                             }
                         }
                     }
@@ -374,10 +385,7 @@ impl Refresher {
         }
     }
 
-    async fn upsert_chunk(
-        &self,
-        updates: &[ProfileUpdate],
-    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+    async fn upsert_chunk(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
         PROFILE_RETRY
             .run(
                 || self.profiles.upsert(updates),

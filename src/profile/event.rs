@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::DateTime;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::value::RawValue;
 
 use super::fields::{EventKind, EventProperty, FieldValue, FIELDS};
@@ -46,6 +48,19 @@ pub enum Rejection {
         expected: &'static str,
         got: String,
     },
+    /// A record with a null value, as log-compacted topics use for deletes.
+    #[error("tombstone: a null value; deleting a device profile is not supported")]
+    Tombstone,
+    /// Its cells would win over every later event until that time comes.
+    #[error(
+        "{field} is {value}, more than {margin_secs} s ahead of the service's clock \
+         (PROFILE_MAX_FUTURE_SECS)"
+    )]
+    AheadOfClock {
+        field: &'static str,
+        value: String,
+        margin_secs: u64,
+    },
 }
 
 impl Rejection {
@@ -58,6 +73,8 @@ impl Rejection {
             Rejection::MissingDeviceId | Rejection::EmptyDeviceId => "missing_device_id",
             Rejection::DeviceIdTooLong { .. } => "device_id_too_long",
             Rejection::WrongType { .. } => "wrong_type",
+            Rejection::Tombstone => "tombstone",
+            Rejection::AheadOfClock { .. } => "ahead_of_clock",
         }
     }
 }
@@ -103,6 +120,49 @@ fn property_value(
             date_time(name, raw)?.map(|contact| FieldValue::LastContact(Cow::Owned(contact)))
         }
     })
+}
+
+/// Rejects an update dated more than `margin` after `now`: its version (`api_last_updated_on`,
+/// else the record timestamp) or its `last_contact` would win over every later event, in both
+/// stores, until that time comes (a producer with a skewed clock, a typo of the year).
+pub fn check_not_ahead(
+    update: &ProfileUpdate,
+    now: DateTime<Utc>,
+    margin: Duration,
+) -> Result<(), Rejection> {
+    let margin_secs = margin.as_secs();
+    let limit = now + TimeDelta::from_std(margin).unwrap_or(TimeDelta::MAX);
+    let version_field = if update.api_last_updated_on.is_some() {
+        "api_last_updated_on"
+    } else {
+        "the record timestamp"
+    };
+    if update.version > limit.timestamp_millis() {
+        return Err(Rejection::AheadOfClock {
+            field: version_field,
+            value: epoch_ms_text(update.version),
+            margin_secs,
+        });
+    }
+    match &update.last_contact {
+        Some(contact) if contact.at > limit => Err(Rejection::AheadOfClock {
+            field: "last_contact",
+            value: contact.text.clone(),
+            margin_secs,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `1924992000000 (2031-01-01T00:00:00Z)`.
+fn epoch_ms_text(epoch_ms: i64) -> String {
+    match DateTime::from_timestamp_millis(epoch_ms) {
+        Some(at) => format!(
+            "{epoch_ms} ({})",
+            at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        ),
+        None => epoch_ms.to_string(),
+    }
 }
 
 /// The top-level fields with their exact JSON text (numbers keep their digits).
@@ -469,5 +529,39 @@ mod tests {
         let update = update(r#"{"device_id":"d\u00e9","city":"a\"b\\c"}"#);
         assert_eq!(update.device_id, "dé");
         assert_eq!(update.text[&TextField::City], "a\"b\\c");
+    }
+
+    #[test]
+    fn versions_and_contacts_far_ahead_of_the_clock_are_rejected() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let day = Duration::from_secs(86_400);
+        let within = update(r#"{"device_id":"d","api_last_updated_on":1796083200000}"#);
+        assert_eq!(
+            check_not_ahead(&within, now, day),
+            Ok(()),
+            "exactly one day ahead"
+        );
+        let skewed = update(r#"{"device_id":"d","api_last_updated_on":1924992000000}"#);
+        let rejection = check_not_ahead(&skewed, now, day).unwrap_err();
+        assert_eq!(rejection.kind(), "ahead_of_clock");
+        assert_eq!(
+            rejection.to_string(),
+            "api_last_updated_on is 1924992000000 (2031-01-01T00:00:00.000Z), more than 86400 s \
+             ahead of the service's clock (PROFILE_MAX_FUTURE_SECS)"
+        );
+        let contact = update(r#"{"device_id":"d","last_contact":"2030-01-01T00:00:00Z"}"#);
+        let mut contact = contact;
+        contact.version = now.timestamp_millis();
+        let rejection = check_not_ahead(&contact, now, day).unwrap_err();
+        assert!(rejection
+            .to_string()
+            .starts_with("last_contact is 2030-01-01T00:00:00Z"));
+        // Without api_last_updated_on the version is the record timestamp.
+        let mut by_record = update(r#"{"device_id":"d"}"#);
+        by_record.version = 1_924_992_000_000;
+        let rejection = check_not_ahead(&by_record, now, day).unwrap_err();
+        assert!(rejection.to_string().starts_with("the record timestamp is"));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -148,7 +148,7 @@ impl ProfileWriter {
     }
 
     /// Writes every update: one batch per device, at most `PROFILE_WRITES_IN_FLIGHT` at a time.
-    pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<(), StoreError> {
+    pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Refusals, StoreError> {
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
             by_device.entry(&update.device_id).or_default().push(update);
@@ -157,12 +157,15 @@ impl ProfileWriter {
         // every caller's lifetimes.
         let writes: Vec<_> = by_device
             .into_iter()
-            .map(|(device_id, updates)| self.upsert_device(device_id, updates))
+            .map(|(device_id, updates)| async move {
+                (device_id, self.upsert_device(device_id, updates).await)
+            })
             .collect();
-        futures::stream::iter(writes)
+        let written: Vec<(&str, Result<(), StoreError>)> = futures::stream::iter(writes)
             .buffer_unordered(PROFILE_WRITES_IN_FLIGHT)
-            .try_collect()
-            .await
+            .collect()
+            .await;
+        refusals(written)
     }
 
     /// One unlogged batch of every cell of one device's updates: a single-partition mutation.
@@ -189,6 +192,27 @@ impl ProfileWriter {
             .map_err(|e| StoreError::cassandra("cannot write device_profile", e))?;
         Ok(())
     }
+}
+
+/// Devices a store refused for good, with why; the others were written.
+pub type Refusals = BTreeMap<String, StoreError>;
+
+/// The permanent failures of per-device writes; a transient one fails the whole call, so that
+/// it is retried (the writes are idempotent).
+fn refusals<'a>(
+    written: impl IntoIterator<Item = (&'a str, Result<(), StoreError>)>,
+) -> Result<Refusals, StoreError> {
+    let mut refused = Refusals::new();
+    for (device_id, result) in written {
+        match result {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => {
+                refused.insert(device_id.to_string(), error);
+            }
+        }
+    }
+    Ok(refused)
 }
 
 /// One column write: the cell timestamp makes Cassandra's last-write-wins apply the field's rule.

@@ -80,6 +80,7 @@ fn redis_is_transient(error: &RedisError) -> bool {
     }
     match error.kind() {
         ErrorKind::Io
+        | ErrorKind::AuthenticationFailed
         | ErrorKind::ClusterConnectionNotFound
         | ErrorKind::MasterNameNotFoundBySentinel
         | ErrorKind::NoValidReplicasFoundBySentinel => true,
@@ -102,6 +103,9 @@ fn redis_code_is_transient(code: &str) -> bool {
         | "OOM" | "MISCONF" | "NOREPLICAS"
         // The script cache was flushed; the writer loads the script again on the next call.
         | "NOSCRIPT"
+        // The service's user lacks a permission or its password changed: the operator's to
+        // fix, and the same for every event.
+        | "NOPERM" | "NOAUTH" | "WRONGPASS"
     )
 }
 
@@ -184,8 +188,8 @@ fn attempt_is_transient(error: &RequestAttemptError) -> bool {
 }
 
 /// The server's answer: transient when it names the cluster's state (replicas down or slow,
-/// overloaded, starting), permanent when it judges the request (invalid, unauthorized, a server
-/// error on its values).
+/// overloaded, starting) or the service's credentials, permanent when it judges the request
+/// (invalid, a server error on its values).
 fn db_error_is_transient(error: &DbError) -> bool {
     match error {
         DbError::Unavailable { .. }
@@ -198,6 +202,10 @@ fn db_error_is_transient(error: &DbError) -> bool {
         | DbError::WriteFailure { .. }
         | DbError::TruncateError
         | DbError::RateLimitReached { .. }
+        // A missing grant or bad credentials: the operator's to fix, and the same for every
+        // event, so dead-lettering would only empty the stream into the dead-letter topic.
+        | DbError::Unauthorized
+        | DbError::AuthenticationError
         // The node forgot a prepared statement; the driver prepares it again.
         | DbError::Unprepared { .. } => true,
         _ => false,
@@ -281,14 +289,16 @@ mod tests {
             "ERR user_script:12: Script attempted to access nonexistent global variable 'x' \
              script: 4f2c0d9b, on @user_script:12.",
             "ERR wrong number of arguments for 'hset' command",
-            "NOPERM this user has no permissions to run the 'evalsha' command",
         ] {
             assert!(!redis_answer(line).is_transient(), "{line}");
         }
+        let credentials = "NOPERM this user has no permissions to run the 'evalsha' command";
+        assert!(redis_answer(credentials).is_transient());
         let wrong_type = redis::from_redis_value::<i64>(Value::Array(Vec::new())).unwrap_err();
         assert!(!StoreError::Redis(wrong_type.into()).is_transient());
         assert!(!redis_kind(ErrorKind::UnexpectedReturnType).is_transient());
-        assert!(!redis_kind(ErrorKind::AuthenticationFailed).is_transient());
+        // Credentials are the operator's to fix, the same for every event.
+        assert!(redis_kind(ErrorKind::AuthenticationFailed).is_transient());
     }
 
     /// A connection that answers a pipeline with the replies given, as RESP text.
@@ -401,7 +411,6 @@ mod tests {
         for error in [
             DbError::Invalid,
             DbError::SyntaxError,
-            DbError::Unauthorized,
             DbError::ServerError,
             DbError::ConfigError,
         ] {

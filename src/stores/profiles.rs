@@ -7,6 +7,10 @@ use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
 
+/// What one upsert did with one update: the device's stored `last_contact`, or a store's
+/// refusal of it for good.
+pub type Upserted = Result<Option<LastContact>, StoreError>;
+
 #[derive(Clone)]
 pub struct ProfileStores {
     redis: redis::ProfileWriter,
@@ -28,21 +32,26 @@ impl ProfileStores {
         })
     }
 
-    /// Writes both stores concurrently (one attempt). Returns, per update in order, the device's
-    /// last_contact as stored after the write (the max rule), read back from the Redis script's
-    /// result. Writes are idempotent, so a failed call may simply be repeated.
-    pub async fn upsert(
-        &self,
-        updates: &[ProfileUpdate],
-    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+    /// Writes both stores concurrently (one attempt). Returns, per update in order, the
+    /// device's last_contact as stored after the write (the max rule, read back from the Redis
+    /// script's result), or the refusal of a store that will refuse that update every time
+    /// (`StoreError::is_transient` is false). Any transient failure fails the whole call;
+    /// writes are idempotent, so it may simply be repeated.
+    pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
         // Both run to completion even when one fails, so a retry finds no half-sent batch.
         let (stored, written) =
             futures::join!(self.redis.upsert(updates), self.cassandra.upsert(updates));
-        let stored = stored?;
-        written?;
+        let mut stored = stored?;
+        let mut refused_by_cassandra = written?;
+        for (update, outcome) in updates.iter().zip(stored.iter_mut()) {
+            if let Some(error) = refused_by_cassandra.remove(&update.device_id) {
+                *outcome = Err(error);
+            }
+        }
+        let upserted = stored.iter().filter(|outcome| outcome.is_ok()).count();
         self.metrics
             .profile_devices_upserted
-            .inc_by(updates.len() as u64);
+            .inc_by(upserted as u64);
         Ok(stored)
     }
 

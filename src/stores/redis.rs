@@ -87,24 +87,36 @@ impl ProfileWriter {
         Ok(())
     }
 
-    /// Upserts every update (one script call each, pipelined) and returns each device's
-    /// `last_contact` as stored afterwards.
+    /// Upserts every update (one script call each, pipelined) and returns, per update in
+    /// order, the device's `last_contact` as stored afterwards, or why Redis refused it for
+    /// good (a key that is not a hash: the script fails and leaves it alone). A transient
+    /// failure of any call fails the whole call, to be retried.
     pub async fn upsert(
         &self,
         updates: &[ProfileUpdate],
-    ) -> Result<Vec<Option<LastContact>>, StoreError> {
+    ) -> Result<Vec<Result<Option<LastContact>, StoreError>>, StoreError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let stored = match self.run_pipeline(updates).await {
-            // A restarted or flushed server forgot the script: load it again and repeat.
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.load_script().await?;
-                self.run_pipeline(updates).await?
+        let mut answers = self.run_pipeline(updates).await?;
+        // A restarted or flushed server forgot the script: load it again and repeat.
+        if answers.iter().any(|answer| {
+            answer
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+        }) {
+            self.load_script().await?;
+            answers = self.run_pipeline(updates).await?;
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer.map_err(StoreError::from) {
+                Ok(stored) => outcomes.push(Ok(stored_last_contact(stored))),
+                Err(error) if error.is_transient() => return Err(error),
+                Err(refused) => outcomes.push(Err(refused)),
             }
-            result => result?,
-        };
-        Ok(stored.into_iter().map(stored_last_contact).collect())
+        }
+        Ok(outcomes)
     }
 
     /// Each device's `last_contact` as stored now, in order; `None` for a device without one.
@@ -131,11 +143,13 @@ impl ProfileWriter {
             .collect())
     }
 
+    /// One answer per update: a failing script call fails only its own answer.
     async fn run_pipeline(
         &self,
         updates: &[ProfileUpdate],
-    ) -> redis::RedisResult<Vec<Vec<String>>> {
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Vec<String>>>> {
         let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
         for update in updates {
             let mut invocation = self.script.prepare_invoke();
             invocation
