@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::service::{isolated_env, ServiceChild};
+use super::service::{isolated_env, isolated_kafka, isolated_stores, ServiceChild};
 use super::table::{median, percentile, thousands, Row};
-use super::{kafka_settings, store_settings, Bench, Report, MEMORY_TARGET_MIB};
+use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::cache::client::{GetOptions, Requester};
 use crate::cache::keys::CacheKeys;
 use crate::cache::publish::{publish, write_staging, Generation, RefreshLock};
@@ -73,8 +73,8 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let mut env = isolated_env(&bench.stack, &name);
     // Its start-up refresh cannot reach the APIs: make it give up (and free the lock) at once.
     env.insert("HAWKEYE_MAX_ATTEMPTS".into(), "1".into());
-    let kafka = kafka_settings(&env)?;
-    let redis = RedisStore::connect(&store_settings(&env)?)
+    let kafka = isolated_kafka(&bench.stack, &name);
+    let redis = RedisStore::connect(&isolated_stores(&bench.stack, &name))
         .await?
         .connection();
     let keys = CacheKeys::new(&name);

@@ -11,12 +11,10 @@ pub mod service;
 pub mod table;
 mod visibility;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::config::{KafkaArgs, KafkaSettings, StoreArgs, StoreSettings, TopicArgs};
 use table::Row;
 
 /// The keyspace of every benchmark run (device ids and Redis keys are unique per run).
@@ -149,7 +147,7 @@ impl Bench {
 
     /// The harness's own connections to the stores, with the keys of the service `name`.
     pub async fn harness(&self, name: &str) -> anyhow::Result<probe::Harness> {
-        probe::Harness::connect(&store_settings(&service::isolated_env(&self.stack, name))?).await
+        probe::Harness::connect(&service::isolated_stores(&self.stack, name)).await
     }
 
     /// Deletes the Redis keys of this run (the Cassandra rows stay in [`KEYSPACE`]).
@@ -184,43 +182,6 @@ impl Bench {
         }
         Ok(())
     }
-}
-
-/// The Kafka settings of a service environment (for the harness's producers and clients).
-pub fn kafka_settings(env: &HashMap<String, String>) -> anyhow::Result<KafkaSettings> {
-    let get = |key: &str| env.get(key).cloned().unwrap_or_default();
-    let args = KafkaArgs {
-        kafka_brokers: get("KAFKA_BROKERS"),
-        kafka_group_id: get("KAFKA_GROUP_ID"),
-        kafka_config: get("KAFKA_CONFIG"),
-        topics: TopicArgs {
-            topic_profile_updates: get("TOPIC_PROFILE_UPDATES"),
-            topic_profile_dlq: get("TOPIC_PROFILE_DLQ"),
-            topic_refresh: get("TOPIC_REFRESH"),
-            topic_get: get("TOPIC_GET"),
-            topic_reply: get("TOPIC_REPLY"),
-            topic_notifications: get("TOPIC_NOTIFICATIONS"),
-        },
-    };
-    Ok(args.validate()?)
-}
-
-/// The store settings of a service environment.
-pub fn store_settings(env: &HashMap<String, String>) -> anyhow::Result<StoreSettings> {
-    let get = |key: &str| env.get(key).cloned().unwrap_or_default();
-    let args = StoreArgs {
-        redis_url: get("REDIS_URL"),
-        redis_device_key_prefix: get("REDIS_DEVICE_KEY_PREFIX"),
-        cassandra_nodes: get("CASSANDRA_NODES"),
-        cassandra_keyspace: get("CASSANDRA_KEYSPACE"),
-        cassandra_create_keyspace: "true".into(),
-        cassandra_username: String::new(),
-        cassandra_password: String::new(),
-        cassandra_tls: "false".into(),
-        cassandra_tls_ca_file: String::new(),
-        environment_name: get("ENVIRONMENT_NAME"),
-    };
-    Ok(args.validate()?)
 }
 
 /// Runs the measurements asked for and prints the table on stdout (progress on stderr).

@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
-use super::service::{isolated_env, Memory, ServiceChild};
+use super::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
-use super::{kafka_settings, Bench, Report, MEMORY_TARGET_MIB};
+use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::config::KafkaSettings;
 use crate::kafka::{ensure_topics, producer};
 use crate::profile::event::parse_event;
@@ -172,7 +172,7 @@ async fn service_run(bench: &Bench, rep: usize) -> anyhow::Result<ServiceRun> {
     let sizes = &bench.sizes;
     let name = bench.name(&format!("push{rep}"));
     let env = isolated_env(&bench.stack, &name);
-    let kafka = kafka_settings(&env)?;
+    let kafka = isolated_kafka(&bench.stack, &name);
     produce(&kafka, &name, sizes.push_events, sizes.push_devices).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let (started, first) = wait_for_acknowledged(&service, 1).await?;
@@ -200,7 +200,11 @@ async fn produce(
     events: usize,
     devices: usize,
 ) -> anyhow::Result<()> {
-    let topic = kafka.topics.profile_updates.as_str();
+    let topic = kafka
+        .topics
+        .profile_updates
+        .first()
+        .context("no profile topic")?;
     ensure_topics(kafka, &[topic]).await?;
     let producer = producer(kafka)?;
     futures::stream::iter(0..events)

@@ -9,9 +9,9 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use serde_json::Value;
 
-use super::service::{isolated_env, Memory, ServiceChild};
+use super::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
-use super::{kafka_settings, Bench, Report, MEMORY_TARGET_MIB};
+use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::cache::client::listen_at_end;
 use crate::cache::trigger::send_trigger;
 use crate::sim::{SimConfig, Simulator};
@@ -141,7 +141,7 @@ async fn refreshes(
         }
     }
     env.insert("BRUIN_CONCURRENCY".into(), concurrency.to_string());
-    let kafka = kafka_settings(&env)?;
+    let kafka = isolated_kafka(&bench.stack, &name);
     let notifications =
         listen_at_end(&kafka, kafka.topics.notifications.clone(), LISTEN_TIMEOUT).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;

@@ -55,9 +55,9 @@ pub struct AtLeastOnceConsumer {
 }
 
 impl AtLeastOnceConsumer {
-    /// Joins the service's group on `topic`. New groups start at the earliest offset so that
+    /// Joins the service's group on `topics`. New groups start at the earliest offset so that
     /// nothing produced before the first start is skipped.
-    pub fn subscribe(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Self> {
+    pub fn subscribe(settings: &KafkaSettings, topics: &[String]) -> anyhow::Result<Self> {
         let consumer: StreamConsumer<GroupLog> = client_config(settings)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
@@ -70,9 +70,10 @@ impl AtLeastOnceConsumer {
             .map_err(|e| {
                 anyhow::anyhow!("cannot create Kafka consumer (check KAFKA_CONFIG): {e}")
             })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
-            .subscribe(&[topic])
-            .map_err(|e| anyhow::anyhow!("cannot subscribe to {topic}: {e}"))?;
+            .subscribe(&names)
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", names.join(", ")))?;
         Ok(AtLeastOnceConsumer {
             consumer,
             held: VecDeque::new(),
