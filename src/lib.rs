@@ -2,7 +2,6 @@
 //! customer cache and pushes device profile updates into Redis and Cassandra.
 
 pub mod apis;
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod kafka;
@@ -10,5 +9,4 @@ pub mod observe;
 pub mod profile;
 pub mod service;
 pub mod shutdown;
-pub mod sim;
 pub mod stores;

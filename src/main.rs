@@ -1,4 +1,5 @@
-//! The command line: `run` the service.
+//! The command line: `run` the service, and the operator's clients `refresh`, `get` and
+//! `profile publish`.
 
 use std::process::ExitCode;
 
@@ -11,8 +12,7 @@ use hawkeye_customer_cache::config::{
 };
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
-use hawkeye_customer_cache::sim::{SimConfig, Simulator};
-use hawkeye_customer_cache::{bench, observe, shutdown};
+use hawkeye_customer_cache::{observe, shutdown};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -34,21 +34,6 @@ enum Command {
     /// Device profile tools for operators.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// Serve a simulated Hawkeye/Ixia + Bruin API (docs/simulator.md) until SIGINT/SIGTERM;
-    /// prints the settings that point the service at it.
-    Sim(Box<SimArgs>),
-    /// Measure throughput, latency and memory against the stack and the simulator, each
-    /// figure next to a baseline measured in the same run (BENCHMARKS.md).
-    Bench(Box<bench::BenchArgs>),
-}
-
-#[derive(clap::Args)]
-struct SimArgs {
-    #[command(flatten)]
-    config: SimConfig,
-    /// Address to listen on.
-    #[arg(long, env = "SIM_ADDR", default_value = "127.0.0.1:8700")]
-    addr: String,
 }
 
 #[derive(Subcommand)]
@@ -157,37 +142,7 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh(&runtime, &args),
         Command::Get(args) => get(&runtime, &args),
         Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
-        Command::Sim(args) => simulate(&runtime, *args),
-        Command::Bench(args) => match runtime.block_on(bench::run(*args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&format!("{e:#}")),
-        },
     }
-}
-
-/// `sim`: serves the simulator until a signal; the env lines go to stdout for `eval`/`.env`.
-fn simulate(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
-    runtime.block_on(async {
-        let token = match shutdown::on_signal() {
-            Ok(token) => token,
-            Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
-        };
-        let devices = args.config.devices;
-        let running = match Simulator::start(args.config, &args.addr).await {
-            Ok(running) => running,
-            Err(e) => return fail(&e.to_string()),
-        };
-        eprintln!(
-            "simulator serving {devices} devices at {}",
-            running.base_url()
-        );
-        for line in running.env_lines() {
-            println!("{line}");
-        }
-        token.cancelled().await;
-        running.shutdown().await;
-        ExitCode::SUCCESS
-    })
 }
 
 /// Exit code of `get` when no reply came (timeout, Kafka unreachable).

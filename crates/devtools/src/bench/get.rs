@@ -10,14 +10,14 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::service::{isolated_env, isolated_kafka, isolated_stores, ServiceChild};
 use super::table::{median, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::cache::client::{GetOptions, Requester};
-use crate::cache::keys::CacheKeys;
-use crate::cache::publish::{publish, write_staging, Generation, RefreshLock};
+use crate::service::{isolated_env, isolated_kafka, isolated_stores, ServiceChild};
 use crate::sim::{Fleet, FleetShape};
-use crate::stores::RedisStore;
+use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
+use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_customer_cache::cache::publish::{publish, write_staging, Generation, RefreshLock};
+use hawkeye_customer_cache::stores::RedisStore;
 
 const CLIENTS: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);

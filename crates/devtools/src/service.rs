@@ -1,5 +1,6 @@
-//! The service under measurement: this binary's `run`, as a child process with its own topics,
-//! group, Redis prefixes and HTTP port, so that its memory is its own and can be read from
+//! The service under test or measurement: the settings and environment of one isolated
+//! instance (its own topics, group, Redis prefixes and HTTP port) on the local stack, and the
+//! `hawkeye-customer-cache run` child process, whose memory is its own and can be read from
 //! `/proc/<pid>/status`.
 
 use std::collections::HashMap;
@@ -11,8 +12,19 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::Stack;
-use crate::config::{KafkaSettings, StoreSettings, Topics};
+use hawkeye_customer_cache::config::{KafkaSettings, StoreSettings, Topics};
+
+/// The keyspace of isolated services (device ids and Redis keys are unique per service; the
+/// integration tests use their own keyspace).
+pub const KEYSPACE: &str = "hcc_bench";
+
+/// Endpoints of the stack the service and the harness use.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka_brokers: String,
+    pub redis_url: String,
+    pub cassandra_nodes: String,
+}
 
 /// How long a service may take to start (Cassandra schema checks included).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,7 +62,7 @@ pub fn isolated_stores(stack: &Stack, name: &str) -> StoreSettings {
         .collect();
     StoreSettings {
         redis_device_key_prefix: format!("{name}:device:"),
-        cassandra_keyspace: super::KEYSPACE.to_string(),
+        cassandra_keyspace: KEYSPACE.to_string(),
         environment_name: name.to_string(),
         ..StoreSettings::new(&stack.redis_url, nodes)
     }

@@ -10,11 +10,11 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
-use super::service::{isolated_env, isolated_kafka, ServiceChild};
 use super::table::{percentile, Row};
 use super::{Bench, Report};
-use crate::kafka::{ensure_topics, producer};
-use crate::profile::event::parse_event;
+use crate::service::{isolated_env, isolated_kafka, ServiceChild};
+use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::profile::event::parse_event;
 
 const POLL: Duration = Duration::from_millis(1);
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);

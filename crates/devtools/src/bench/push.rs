@@ -12,13 +12,13 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
-use super::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::config::KafkaSettings;
-use crate::kafka::{ensure_topics, producer};
-use crate::profile::event::parse_event;
-use crate::profile::{merge, ProfileUpdate, TextField};
+use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
+use hawkeye_customer_cache::config::KafkaSettings;
+use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::profile::event::parse_event;
+use hawkeye_customer_cache::profile::{merge, ProfileUpdate, TextField};
 
 /// Version (`api_last_updated_on`) of event 0; event `i` has `BASE_VERSION_MS + i`.
 const BASE_VERSION_MS: i64 = 1_700_000_000_000;

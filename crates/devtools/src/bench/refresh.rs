@@ -9,12 +9,12 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use serde_json::Value;
 
-use super::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::cache::client::listen_at_end;
-use crate::cache::trigger::send_trigger;
+use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use crate::sim::{SimConfig, Simulator};
+use hawkeye_customer_cache::cache::client::listen_at_end;
+use hawkeye_customer_cache::cache::trigger::send_trigger;
 
 const LATENCY_MS: u64 = 20;
 /// The service's default `BRUIN_CONCURRENCY`.
