@@ -1,29 +1,65 @@
 //! Settings from environment variables and CLI flags (`CONTRACT.md` §2).
 //!
-//! clap collects every setting as raw text; the `validate` functions here turn that text into
-//! typed settings once, at start-up. A bad value becomes a [`ConfigError`] that names the
-//! setting in one line, which `main` prints before exiting non-zero.
+//! Every setting is typed where clap reads it: each argument's value parser is a [`Rule`],
+//! whose error is a [`ConfigError`] naming the argument's environment variable in one line
+//! (`main` prints it before exiting 2). The few rules that involve several settings or a
+//! required value (Cassandra credentials and TLS, the API settings `run` needs) are checked by
+//! a small `validate` step after parsing.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::builder::TypedValueParser;
+use clap::{Arg, ArgAction, Args, Command};
 use reqwest::Url;
 
 /// A setting that is missing or malformed. Displays as one line naming the setting.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
 pub struct ConfigError {
-    pub setting: &'static str,
+    pub setting: String,
     pub reason: String,
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The setting a clap error is about, when a [`Rule`] rejected its value.
+    pub fn of_clap_error(error: &clap::Error) -> Option<&ConfigError> {
+        std::error::Error::source(error)?.downcast_ref()
+    }
+}
+
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
-        setting,
+        setting: setting.to_string(),
         reason: reason.into(),
+    }
+}
+
+/// A value rule as a clap value parser: the rule says what is wrong, and the error it becomes
+/// names the argument's environment variable (its `--flag` when it has none).
+#[derive(Clone)]
+pub struct Rule<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Rule<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let setting = arg.map_or_else(|| "?".to_string(), setting_name);
+        let rule = self.0;
+        // clap's own closure parser keeps the ConfigError as the error's source.
+        let named = move |text: &str| rule(text).map_err(|reason| invalid(&setting, reason));
+        named.parse_ref(cmd, arg, value)
+    }
+}
+
+fn setting_name(arg: &Arg) -> String {
+    match (arg.get_env(), arg.get_long()) {
+        (Some(variable), _) => variable.to_string_lossy().into_owned(),
+        (None, Some(long)) => format!("--{long}"),
+        (None, None) => arg.get_id().to_string(),
     }
 }
 
@@ -49,109 +85,118 @@ impl fmt::Debug for Secret {
     }
 }
 
+// A field typed `std::vec::Vec<_>` or `std::option::Option<_>` (written out in full) holds what
+// its rule made of ONE value, e.g. a comma separated list: clap gives the short forms `Vec` and
+// `Option` another meaning (several occurrences, an optional argument).
+
 // ---------------------------------------------------------------------------------------------
 // Kafka
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Args, Debug, Clone)]
-pub struct KafkaArgs {
-    /// Bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-    /// Consumer group of the service.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "hawkeye-customer-cache")]
-    pub kafka_group_id: String,
-    /// Extra librdkafka settings, `key=value` pairs separated by `,` (SASL/TLS etc.).
-    #[arg(long, env = "KAFKA_CONFIG", default_value = "", hide_env_values = true)]
-    pub kafka_config: String,
-    #[command(flatten)]
-    pub topics: TopicArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct TopicArgs {
-    /// Device profile events in.
-    #[arg(
-        long,
-        env = "TOPIC_PROFILE_UPDATES",
-        default_value = "device.profile.updates"
-    )]
-    pub topic_profile_updates: String,
-    /// Rejected device profile events out.
-    #[arg(
-        long,
-        env = "TOPIC_PROFILE_DLQ",
-        default_value = "device.profile.updates.dlq"
-    )]
-    pub topic_profile_dlq: String,
-    /// Refresh triggers in.
-    #[arg(
-        long,
-        env = "TOPIC_REFRESH",
-        default_value = "hawkeye.customer.cache.refresh"
-    )]
-    pub topic_refresh: String,
-    /// Cache requests in.
-    #[arg(long, env = "TOPIC_GET", default_value = "hawkeye.customer.cache.get")]
-    pub topic_get: String,
-    /// Default reply topic.
-    #[arg(
-        long,
-        env = "TOPIC_REPLY",
-        default_value = "hawkeye.customer.cache.reply"
-    )]
-    pub topic_reply: String,
-    /// Operational events out.
-    #[arg(
-        long,
-        env = "TOPIC_NOTIFICATIONS",
-        default_value = "hawkeye.customer.cache.notifications"
-    )]
-    pub topic_notifications: String,
-}
-
-/// Names of every topic the service reads or writes.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    pub profile_updates: String,
-    pub profile_dlq: String,
-    pub refresh: String,
-    pub get: String,
-    pub reply: String,
-    pub notifications: String,
-}
-
-#[derive(Debug, Clone)]
 pub struct KafkaSettings {
+    /// Bootstrap servers.
+    #[arg(
+        long = "kafka-brokers",
+        value_name = "KAFKA_BROKERS",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_parser = Rule(non_empty)
+    )]
     pub brokers: String,
+    /// Consumer group of the service.
+    #[arg(
+        long = "kafka-group-id",
+        value_name = "KAFKA_GROUP_ID",
+        env = "KAFKA_GROUP_ID",
+        default_value = "hawkeye-customer-cache",
+        value_parser = Rule(non_empty)
+    )]
     pub group_id: String,
-    /// Extra librdkafka settings; values are secret because they carry SASL passwords.
-    pub extra: Vec<(String, Secret)>,
+    /// Extra librdkafka settings, `key=value` pairs separated by `,` (SASL/TLS etc.).
+    // The values are secrets: they carry SASL passwords.
+    #[arg(
+        long = "kafka-config",
+        value_name = "KAFKA_CONFIG",
+        env = "KAFKA_CONFIG",
+        default_value = "",
+        hide_env_values = true,
+        value_parser = Rule(kafka_config)
+    )]
+    pub extra: std::vec::Vec<(String, Secret)>,
+    #[command(flatten)]
     pub topics: Topics,
 }
 
-impl KafkaArgs {
-    pub fn validate(&self) -> Result<KafkaSettings, ConfigError> {
-        Ok(KafkaSettings {
-            brokers: non_empty("KAFKA_BROKERS", &self.kafka_brokers)?,
-            group_id: non_empty("KAFKA_GROUP_ID", &self.kafka_group_id)?,
-            extra: parse_kafka_config(&self.kafka_config)?,
-            topics: self.topics.validate()?,
-        })
+impl KafkaSettings {
+    /// Settings without extra librdkafka settings (tools and tests).
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, topics: Topics) -> Self {
+        KafkaSettings {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            extra: Vec::new(),
+            topics,
+        }
     }
 }
 
-impl TopicArgs {
-    fn validate(&self) -> Result<Topics, ConfigError> {
-        Ok(Topics {
-            profile_updates: topic_name("TOPIC_PROFILE_UPDATES", &self.topic_profile_updates)?,
-            profile_dlq: topic_name("TOPIC_PROFILE_DLQ", &self.topic_profile_dlq)?,
-            refresh: topic_name("TOPIC_REFRESH", &self.topic_refresh)?,
-            get: topic_name("TOPIC_GET", &self.topic_get)?,
-            reply: topic_name("TOPIC_REPLY", &self.topic_reply)?,
-            notifications: topic_name("TOPIC_NOTIFICATIONS", &self.topic_notifications)?,
-        })
-    }
+/// Names of every topic the service reads or writes.
+#[derive(Args, Debug, Clone)]
+pub struct Topics {
+    /// Device profile events in: one topic or several, comma separated.
+    #[arg(
+        long = "topic-profile-updates",
+        value_name = "TOPIC_PROFILE_UPDATES",
+        env = "TOPIC_PROFILE_UPDATES",
+        default_value = "device.profile.updates",
+        value_parser = Rule(topic_list)
+    )]
+    pub profile_updates: std::vec::Vec<String>,
+    /// Rejected device profile events out.
+    #[arg(
+        long = "topic-profile-dlq",
+        value_name = "TOPIC_PROFILE_DLQ",
+        env = "TOPIC_PROFILE_DLQ",
+        default_value = "device.profile.updates.dlq",
+        value_parser = Rule(topic_name)
+    )]
+    pub profile_dlq: String,
+    /// Refresh triggers in.
+    #[arg(
+        long = "topic-refresh",
+        value_name = "TOPIC_REFRESH",
+        env = "TOPIC_REFRESH",
+        default_value = "hawkeye.customer.cache.refresh",
+        value_parser = Rule(topic_name)
+    )]
+    pub refresh: String,
+    /// Cache requests in.
+    #[arg(
+        long = "topic-get",
+        value_name = "TOPIC_GET",
+        env = "TOPIC_GET",
+        default_value = "hawkeye.customer.cache.get",
+        value_parser = Rule(topic_name)
+    )]
+    pub get: String,
+    /// Default reply topic.
+    #[arg(
+        long = "topic-reply",
+        value_name = "TOPIC_REPLY",
+        env = "TOPIC_REPLY",
+        default_value = "hawkeye.customer.cache.reply",
+        value_parser = Rule(topic_name)
+    )]
+    pub reply: String,
+    /// Operational events out.
+    #[arg(
+        long = "topic-notifications",
+        value_name = "TOPIC_NOTIFICATIONS",
+        env = "TOPIC_NOTIFICATIONS",
+        default_value = "hawkeye.customer.cache.notifications",
+        value_parser = Rule(topic_name)
+    )]
+    pub notifications: String,
 }
 
 /// Kafka's own rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`.
@@ -165,19 +210,34 @@ pub fn is_valid_topic_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn topic_name(setting: &'static str, value: &str) -> Result<String, ConfigError> {
+fn topic_name(value: &str) -> Result<String, String> {
     let name = value.trim();
     if is_valid_topic_name(name) {
         Ok(name.to_string())
     } else {
-        Err(invalid(
-            setting,
-            format!("{value:?} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+        Err(format!(
+            "{value:?} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
         ))
     }
 }
 
-fn parse_kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
+/// One topic or several, comma separated (as Kafka Connect's `topics`); the first one named
+/// comes first, a repeated one is dropped.
+fn topic_list(value: &str) -> Result<Vec<String>, String> {
+    let mut topics: Vec<String> = Vec::new();
+    for entry in value.split(',').filter(|entry| !entry.trim().is_empty()) {
+        let topic = topic_name(entry)?;
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    if topics.is_empty() {
+        return Err("is empty; give a topic or several, comma separated".to_string());
+    }
+    Ok(topics)
+}
+
+fn kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, String> {
     raw.split(',')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
@@ -187,13 +247,10 @@ fn parse_kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
                 Ok((key.trim().to_string(), Secret::new(value.trim())))
             }
             // Nothing of the entry is shown: it may be the tail of a password holding a ','.
-            _ => Err(invalid(
-                "KAFKA_CONFIG",
-                format!(
-                    "expected key=value pairs separated by ',' (values cannot contain ','), \
-                     entry {} has no key=",
-                    position + 1
-                ),
+            _ => Err(format!(
+                "expected key=value pairs separated by ',' (values cannot contain ','), \
+                 entry {} has no key=",
+                position + 1
             )),
         })
         .collect()
@@ -203,6 +260,10 @@ fn parse_kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
 // Stores
 // ---------------------------------------------------------------------------------------------
 
+const DEFAULT_DEVICE_KEY_PREFIX: &str = "device:";
+const DEFAULT_KEYSPACE: &str = "device_db";
+const DEFAULT_ENVIRONMENT_NAME: &str = "dev";
+
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
     /// `redis://` or `rediss://` URL, with password if needed.
@@ -210,21 +271,38 @@ pub struct StoreArgs {
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = Rule(redis_url)
     )]
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// Prefix of the per-device Redis hash.
-    #[arg(long, env = "REDIS_DEVICE_KEY_PREFIX", default_value = "device:")]
+    #[arg(long, env = "REDIS_DEVICE_KEY_PREFIX", default_value = DEFAULT_DEVICE_KEY_PREFIX)]
     pub redis_device_key_prefix: String,
     /// Comma separated Cassandra contact points.
-    #[arg(long, env = "CASSANDRA_NODES", default_value = "127.0.0.1:9042")]
-    pub cassandra_nodes: String,
+    #[arg(
+        long,
+        env = "CASSANDRA_NODES",
+        default_value = "127.0.0.1:9042",
+        value_parser = Rule(cassandra_nodes)
+    )]
+    pub cassandra_nodes: std::vec::Vec<String>,
     /// Keyspace of the `device_profile` table.
-    #[arg(long, env = "CASSANDRA_KEYSPACE", default_value = "device_db")]
+    #[arg(
+        long,
+        env = "CASSANDRA_KEYSPACE",
+        default_value = DEFAULT_KEYSPACE,
+        value_parser = Rule(cql_identifier)
+    )]
     pub cassandra_keyspace: String,
     /// Create the keyspace (SimpleStrategy RF 1) when it is missing.
-    #[arg(long, env = "CASSANDRA_CREATE_KEYSPACE", default_value = "true")]
-    pub cassandra_create_keyspace: String,
+    #[arg(
+        long,
+        env = "CASSANDRA_CREATE_KEYSPACE",
+        default_value = "true",
+        action = ArgAction::Set,
+        value_parser = Rule(boolean)
+    )]
+    pub cassandra_create_keyspace: bool,
     /// Plain-text auth user name (auth is used when set).
     #[arg(long, env = "CASSANDRA_USERNAME", default_value = "")]
     pub cassandra_username: String,
@@ -232,18 +310,35 @@ pub struct StoreArgs {
         long,
         env = "CASSANDRA_PASSWORD",
         default_value = "",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = Rule(secret)
     )]
-    pub cassandra_password: String,
+    pub cassandra_password: Secret,
     /// TLS to Cassandra (client-to-node encryption): the node's certificate must chain to
     /// `CASSANDRA_TLS_CA_FILE` (else the system's roots) and name the node's IP address.
-    #[arg(long, env = "CASSANDRA_TLS", default_value = "false")]
-    pub cassandra_tls: String,
+    #[arg(
+        long,
+        env = "CASSANDRA_TLS",
+        default_value = "false",
+        action = ArgAction::Set,
+        value_parser = Rule(boolean)
+    )]
+    pub cassandra_tls: bool,
     /// PEM file of the CA certificates the Cassandra nodes' certificates chain to.
-    #[arg(long, env = "CASSANDRA_TLS_CA_FILE", default_value = "")]
-    pub cassandra_tls_ca_file: String,
+    #[arg(
+        long,
+        env = "CASSANDRA_TLS_CA_FILE",
+        default_value = "",
+        value_parser = Rule(optional_path)
+    )]
+    pub cassandra_tls_ca_file: std::option::Option<PathBuf>,
     /// Prefix of every Redis key of the customer cache.
-    #[arg(long, env = "ENVIRONMENT_NAME", default_value = "dev")]
+    #[arg(
+        long,
+        env = "ENVIRONMENT_NAME",
+        default_value = DEFAULT_ENVIRONMENT_NAME,
+        value_parser = Rule(non_empty)
+    )]
     pub environment_name: String,
 }
 
@@ -259,6 +354,23 @@ pub struct StoreSettings {
     pub environment_name: String,
 }
 
+impl StoreSettings {
+    /// The stores at `redis_url` and `cassandra_nodes` with every other setting at its default:
+    /// no Cassandra auth or TLS (tools and tests).
+    pub fn new(redis_url: impl Into<String>, cassandra_nodes: Vec<String>) -> Self {
+        StoreSettings {
+            redis_url: Secret::new(redis_url),
+            redis_device_key_prefix: DEFAULT_DEVICE_KEY_PREFIX.to_string(),
+            cassandra_nodes,
+            cassandra_keyspace: DEFAULT_KEYSPACE.to_string(),
+            cassandra_create_keyspace: true,
+            cassandra_credentials: None,
+            cassandra_tls: None,
+            environment_name: DEFAULT_ENVIRONMENT_NAME.to_string(),
+        }
+    }
+}
+
 /// TLS to Cassandra; the CA file was readable PEM at start-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CassandraTls {
@@ -267,41 +379,37 @@ pub struct CassandraTls {
 }
 
 impl StoreArgs {
-    pub fn validate(&self) -> Result<StoreSettings, ConfigError> {
+    /// Checks the rules between settings: credentials and TLS.
+    pub fn validate(self) -> Result<StoreSettings, ConfigError> {
         Ok(StoreSettings {
-            redis_url: redis_url(&self.redis_url)?,
-            redis_device_key_prefix: self.redis_device_key_prefix.clone(),
-            cassandra_nodes: cassandra_nodes(&self.cassandra_nodes)?,
-            cassandra_keyspace: cql_identifier("CASSANDRA_KEYSPACE", &self.cassandra_keyspace)?,
-            cassandra_create_keyspace: boolean(
-                "CASSANDRA_CREATE_KEYSPACE",
-                &self.cassandra_create_keyspace,
-            )?,
             cassandra_credentials: cassandra_credentials(
-                &self.cassandra_username,
-                &self.cassandra_password,
+                self.cassandra_username,
+                self.cassandra_password,
             )?,
-            cassandra_tls: cassandra_tls(&self.cassandra_tls, &self.cassandra_tls_ca_file)?,
-            environment_name: non_empty("ENVIRONMENT_NAME", &self.environment_name)?,
+            cassandra_tls: cassandra_tls(self.cassandra_tls, self.cassandra_tls_ca_file)?,
+            redis_url: self.redis_url,
+            redis_device_key_prefix: self.redis_device_key_prefix,
+            cassandra_nodes: self.cassandra_nodes,
+            cassandra_keyspace: self.cassandra_keyspace,
+            cassandra_create_keyspace: self.cassandra_create_keyspace,
+            environment_name: self.environment_name,
         })
     }
 }
 
-fn redis_url(value: &str) -> Result<Secret, ConfigError> {
+fn redis_url(value: &str) -> Result<Secret, String> {
     // The URL may carry a password, so the error shows only what is wrong with it.
-    let url =
-        Url::parse(value.trim()).map_err(|e| invalid("REDIS_URL", format!("not a URL ({e})")))?;
+    let url = Url::parse(value.trim()).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
         "redis" | "rediss" if url.host_str().is_some() => Ok(Secret::new(value.trim())),
-        "redis" | "rediss" => Err(invalid("REDIS_URL", "the URL has no host")),
-        other => Err(invalid(
-            "REDIS_URL",
-            format!("scheme must be redis:// or rediss://, got {other}://"),
+        "redis" | "rediss" => Err("the URL has no host".to_string()),
+        other => Err(format!(
+            "scheme must be redis:// or rediss://, got {other}://"
         )),
     }
 }
 
-fn cassandra_nodes(value: &str) -> Result<Vec<String>, ConfigError> {
+fn cassandra_nodes(value: &str) -> Result<Vec<String>, String> {
     let nodes: Vec<String> = value
         .split(',')
         .map(str::trim)
@@ -309,32 +417,26 @@ fn cassandra_nodes(value: &str) -> Result<Vec<String>, ConfigError> {
         .map(str::to_string)
         .collect();
     if nodes.is_empty() {
-        return Err(invalid(
-            "CASSANDRA_NODES",
-            "is empty; give host:port[,host:port]",
-        ));
+        return Err("is empty; give host:port[,host:port]".to_string());
     }
     for node in &nodes {
         let port_ok = node
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !port_ok {
-            return Err(invalid(
-                "CASSANDRA_NODES",
-                format!("{node:?} is not host:port"),
-            ));
+            return Err(format!("{node:?} is not host:port"));
         }
     }
     Ok(nodes)
 }
 
 fn cassandra_credentials(
-    username: &str,
-    password: &str,
+    username: String,
+    password: Secret,
 ) -> Result<Option<(String, Secret)>, ConfigError> {
     match (username.is_empty(), password.is_empty()) {
         (true, true) => Ok(None),
-        (false, _) => Ok(Some((username.to_string(), Secret::new(password)))),
+        (false, _) => Ok(Some((username, password))),
         (true, false) => Err(invalid(
             "CASSANDRA_USERNAME",
             "is empty while CASSANDRA_PASSWORD is set",
@@ -342,30 +444,29 @@ fn cassandra_credentials(
     }
 }
 
-fn cassandra_tls(enabled: &str, ca_file: &str) -> Result<Option<CassandraTls>, ConfigError> {
-    let enabled = boolean("CASSANDRA_TLS", enabled)?;
-    let ca_file = ca_file.trim();
-    match (enabled, ca_file.is_empty()) {
-        (false, true) => Ok(None),
-        (false, false) => Err(invalid(
+fn cassandra_tls(
+    enabled: bool,
+    ca_file: Option<PathBuf>,
+) -> Result<Option<CassandraTls>, ConfigError> {
+    match (enabled, ca_file) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(invalid(
             "CASSANDRA_TLS_CA_FILE",
             "is set while CASSANDRA_TLS is false",
         )),
-        (true, true) => Ok(Some(CassandraTls { ca_file: None })),
-        (true, false) => {
-            let pem = std::fs::read(ca_file).map_err(|e| {
-                invalid(
-                    "CASSANDRA_TLS_CA_FILE",
-                    format!("cannot read {ca_file}: {e}"),
-                )
+        (true, None) => Ok(Some(CassandraTls { ca_file: None })),
+        (true, Some(ca_file)) => {
+            let shown = ca_file.display();
+            let pem = std::fs::read(&ca_file).map_err(|e| {
+                invalid("CASSANDRA_TLS_CA_FILE", format!("cannot read {shown}: {e}"))
             })?;
             match openssl::x509::X509::stack_from_pem(&pem) {
                 Ok(certificates) if !certificates.is_empty() => Ok(Some(CassandraTls {
-                    ca_file: Some(PathBuf::from(ca_file)),
+                    ca_file: Some(ca_file),
                 })),
                 _ => Err(invalid(
                     "CASSANDRA_TLS_CA_FILE",
-                    format!("{ca_file} holds no PEM certificate"),
+                    format!("{shown} holds no PEM certificate"),
                 )),
             }
         }
@@ -373,7 +474,7 @@ fn cassandra_tls(enabled: &str, ca_file: &str) -> Result<Option<CassandraTls>, C
 }
 
 /// Unquoted CQL identifiers: a letter then up to 47 letters, digits or `_`.
-fn cql_identifier(setting: &'static str, value: &str) -> Result<String, ConfigError> {
+fn cql_identifier(value: &str) -> Result<String, String> {
     let mut chars = value.chars();
     let valid = value.len() <= 48
         && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -381,9 +482,8 @@ fn cql_identifier(setting: &'static str, value: &str) -> Result<String, ConfigEr
     if valid {
         Ok(value.to_ascii_lowercase())
     } else {
-        Err(invalid(
-            setting,
-            format!("{value:?} is not a keyspace name (a letter, then letters, digits or _; at most 48)"),
+        Err(format!(
+            "{value:?} is not a keyspace name (a letter, then letters, digits or _; at most 48)"
         ))
     }
 }
@@ -392,25 +492,36 @@ fn cql_identifier(setting: &'static str, value: &str) -> Result<String, ConfigEr
 // The customer cache: APIs, refresh and serving
 // ---------------------------------------------------------------------------------------------
 
+/// The API settings: optional here (only `run` needs them), required by [`ApiArgs::validate`].
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Base URL of the Hawkeye/Ixia API.
-    #[arg(long, env = "HAWKEYE_BASE_URL")]
-    pub hawkeye_base_url: Option<String>,
-    #[arg(long, env = "HAWKEYE_USERNAME")]
+    #[arg(long, env = "HAWKEYE_BASE_URL", value_parser = Rule(http_url))]
+    pub hawkeye_base_url: Option<Url>,
+    #[arg(long, env = "HAWKEYE_USERNAME", value_parser = Rule(non_empty))]
     pub hawkeye_username: Option<String>,
-    #[arg(long, env = "HAWKEYE_PASSWORD", hide_env_values = true)]
-    pub hawkeye_password: Option<String>,
+    #[arg(
+        long,
+        env = "HAWKEYE_PASSWORD",
+        hide_env_values = true,
+        value_parser = Rule(non_empty_secret)
+    )]
+    pub hawkeye_password: Option<Secret>,
     /// Base URL of the Bruin API.
-    #[arg(long, env = "BRUIN_BASE_URL")]
-    pub bruin_base_url: Option<String>,
+    #[arg(long, env = "BRUIN_BASE_URL", value_parser = Rule(http_url))]
+    pub bruin_base_url: Option<Url>,
     /// Base URL of Bruin's OAuth server.
-    #[arg(long, env = "BRUIN_LOGIN_URL")]
-    pub bruin_login_url: Option<String>,
-    #[arg(long, env = "BRUIN_CLIENT_ID")]
+    #[arg(long, env = "BRUIN_LOGIN_URL", value_parser = Rule(http_url))]
+    pub bruin_login_url: Option<Url>,
+    #[arg(long, env = "BRUIN_CLIENT_ID", value_parser = Rule(non_empty))]
     pub bruin_client_id: Option<String>,
-    #[arg(long, env = "BRUIN_CLIENT_SECRET", hide_env_values = true)]
-    pub bruin_client_secret: Option<String>,
+    #[arg(
+        long,
+        env = "BRUIN_CLIENT_SECRET",
+        hide_env_values = true,
+        value_parser = Rule(non_empty_secret)
+    )]
+    pub bruin_client_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -429,200 +540,196 @@ pub struct BruinSettings {
 }
 
 impl ApiArgs {
-    pub fn validate(&self) -> Result<(HawkeyeSettings, BruinSettings), ConfigError> {
+    /// Checks that every API setting is set.
+    pub fn validate(self) -> Result<(HawkeyeSettings, BruinSettings), ConfigError> {
         let hawkeye = HawkeyeSettings {
-            base_url: http_url("HAWKEYE_BASE_URL", &self.hawkeye_base_url)?,
-            username: required("HAWKEYE_USERNAME", &self.hawkeye_username)?,
-            password: Secret::new(required("HAWKEYE_PASSWORD", &self.hawkeye_password)?),
+            base_url: required("HAWKEYE_BASE_URL", self.hawkeye_base_url)?,
+            username: required("HAWKEYE_USERNAME", self.hawkeye_username)?,
+            password: required("HAWKEYE_PASSWORD", self.hawkeye_password)?,
         };
         let bruin = BruinSettings {
-            base_url: http_url("BRUIN_BASE_URL", &self.bruin_base_url)?,
-            login_url: http_url("BRUIN_LOGIN_URL", &self.bruin_login_url)?,
-            client_id: required("BRUIN_CLIENT_ID", &self.bruin_client_id)?,
-            client_secret: Secret::new(required("BRUIN_CLIENT_SECRET", &self.bruin_client_secret)?),
+            base_url: required("BRUIN_BASE_URL", self.bruin_base_url)?,
+            login_url: required("BRUIN_LOGIN_URL", self.bruin_login_url)?,
+            client_id: required("BRUIN_CLIENT_ID", self.bruin_client_id)?,
+            client_secret: required("BRUIN_CLIENT_SECRET", self.bruin_client_secret)?,
         };
         Ok((hawkeye, bruin))
     }
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct RefreshArgs {
-    /// Period of the scheduled refresh, in seconds (one also runs at start-up).
-    #[arg(long, env = "REFRESH_INTERVAL_SECS", default_value = "14400")]
-    pub refresh_interval_secs: String,
-    /// JSON list of the management statuses that make a device monitorable.
-    #[arg(
-        long,
-        env = "MONITORABLE_MANAGEMENT_STATUSES",
-        default_value = r#"["Pending","Active – Gold Monitoring","Active – Platinum Monitoring"]"#
-    )]
-    pub monitorable_management_statuses: String,
-    /// Consecutive failed probe fetches before a refresh fails.
-    #[arg(long, env = "HAWKEYE_MAX_ATTEMPTS", default_value = "10")]
-    pub hawkeye_max_attempts: String,
-    /// Bruin requests in flight at once.
-    #[arg(long, env = "BRUIN_CONCURRENCY", default_value = "64")]
-    pub bruin_concurrency: String,
-    /// Share of devices that may fail with errors before a refresh fails.
-    #[arg(long, env = "BRUIN_MAX_ERROR_RATIO", default_value = "0.05")]
-    pub bruin_max_error_ratio: String,
+fn required<T>(setting: &str, value: Option<T>) -> Result<T, ConfigError> {
+    value.ok_or_else(|| invalid(setting, "is not set"))
 }
 
-#[derive(Debug, Clone)]
+fn http_url(value: &str) -> Result<Url, String> {
+    let text = non_empty(value)?;
+    let url = Url::parse(&text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+    if matches!(url.scheme(), "http" | "https") {
+        Ok(url)
+    } else {
+        Err(format!("{text:?} is not an http(s) URL"))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct RefreshSettings {
+    /// Period of the scheduled refresh, in seconds (one also runs at start-up).
+    #[arg(
+        long = "refresh-interval-secs",
+        value_name = "REFRESH_INTERVAL_SECS",
+        env = "REFRESH_INTERVAL_SECS",
+        default_value = "14400",
+        value_parser = Rule(whole_seconds)
+    )]
     pub interval: Duration,
-    pub monitorable_statuses: Vec<String>,
+    /// JSON list of the management statuses that make a device monitorable.
+    #[arg(
+        long = "monitorable-management-statuses",
+        value_name = "MONITORABLE_MANAGEMENT_STATUSES",
+        env = "MONITORABLE_MANAGEMENT_STATUSES",
+        default_value = r#"["Pending","Active – Gold Monitoring","Active – Platinum Monitoring"]"#,
+        value_parser = Rule(json_strings)
+    )]
+    pub monitorable_statuses: std::vec::Vec<String>,
+    /// Consecutive failed probe fetches before a refresh fails.
+    #[arg(
+        long,
+        env = "HAWKEYE_MAX_ATTEMPTS",
+        default_value = "10",
+        value_parser = Rule(positive::<u32>)
+    )]
     pub hawkeye_max_attempts: u32,
+    /// Bruin requests in flight at once.
+    #[arg(
+        long,
+        env = "BRUIN_CONCURRENCY",
+        default_value = "64",
+        value_parser = Rule(positive::<usize>)
+    )]
     pub bruin_concurrency: usize,
+    /// Share of devices that may fail with errors before a refresh fails.
+    #[arg(
+        long,
+        env = "BRUIN_MAX_ERROR_RATIO",
+        default_value = "0.05",
+        value_parser = Rule(ratio)
+    )]
     pub bruin_max_error_ratio: f64,
 }
 
-impl RefreshArgs {
-    pub fn validate(&self) -> Result<RefreshSettings, ConfigError> {
-        let statuses: Vec<String> = serde_json::from_str(&self.monitorable_management_statuses)
-            .map_err(|e| {
-                invalid(
-                    "MONITORABLE_MANAGEMENT_STATUSES",
-                    format!("not a JSON list of strings ({e})"),
-                )
-            })?;
-        let ratio: f64 = self.bruin_max_error_ratio.trim().parse().map_err(|_| {
-            invalid(
-                "BRUIN_MAX_ERROR_RATIO",
-                format!("{:?} is not a number", self.bruin_max_error_ratio),
-            )
-        })?;
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(invalid(
-                "BRUIN_MAX_ERROR_RATIO",
-                format!("{ratio} is not between 0 and 1"),
-            ));
-        }
-        Ok(RefreshSettings {
-            interval: Duration::from_secs(positive(
-                "REFRESH_INTERVAL_SECS",
-                &self.refresh_interval_secs,
-            )?),
-            monitorable_statuses: statuses,
-            hawkeye_max_attempts: positive("HAWKEYE_MAX_ATTEMPTS", &self.hawkeye_max_attempts)?,
-            bruin_concurrency: positive("BRUIN_CONCURRENCY", &self.bruin_concurrency)?,
-            bruin_max_error_ratio: ratio,
-        })
+fn whole_seconds(value: &str) -> Result<Duration, String> {
+    positive(value).map(Duration::from_secs)
+}
+
+fn json_strings(value: &str) -> Result<Vec<String>, String> {
+    serde_json::from_str(value).map_err(|e| format!("not a JSON list of strings ({e})"))
+}
+
+fn ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!("{ratio} is not between 0 and 1"))
     }
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// IANA zone used to read naive datetimes in `last_contact_filter`.
-    #[arg(long, env = "TIMEZONE", default_value = "UTC")]
-    pub timezone: String,
-    /// Largest reply value, in bytes, before it is split into chunks.
-    #[arg(long, env = "REPLY_MAX_BYTES", default_value = "900000")]
-    pub reply_max_bytes: String,
-}
-
-#[derive(Debug, Clone)]
 pub struct ServeSettings {
+    /// IANA zone used to read naive datetimes in `last_contact_filter`.
+    #[arg(long, env = "TIMEZONE", default_value = "UTC", value_parser = Rule(timezone))]
     pub timezone: chrono_tz::Tz,
+    /// Largest reply value, in bytes, before it is split into chunks.
+    #[arg(
+        long,
+        env = "REPLY_MAX_BYTES",
+        default_value = "900000",
+        value_parser = Rule(reply_max_bytes)
+    )]
     pub reply_max_bytes: usize,
 }
 
-impl ServeArgs {
-    pub fn validate(&self) -> Result<ServeSettings, ConfigError> {
-        let timezone = self.timezone.trim().parse::<chrono_tz::Tz>().map_err(|_| {
-            invalid(
-                "TIMEZONE",
-                format!(
-                    "{:?} is not an IANA time zone such as UTC or Europe/Madrid",
-                    self.timezone
-                ),
-            )
-        })?;
-        let reply_max_bytes: usize = positive("REPLY_MAX_BYTES", &self.reply_max_bytes)?;
-        // A chunk must at least hold the reply envelope and one entry of a realistic size.
-        if reply_max_bytes < 4096 {
-            return Err(invalid(
-                "REPLY_MAX_BYTES",
-                format!("{reply_max_bytes} is below the minimum of 4096"),
-            ));
-        }
-        Ok(ServeSettings {
-            timezone,
-            reply_max_bytes,
-        })
+fn timezone(value: &str) -> Result<chrono_tz::Tz, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not an IANA time zone such as UTC or Europe/Madrid"))
+}
+
+fn reply_max_bytes(value: &str) -> Result<usize, String> {
+    let bytes = positive(value)?;
+    // A chunk must at least hold the reply envelope and one entry of a realistic size.
+    if bytes < 4096 {
+        return Err(format!("{bytes} is below the minimum of 4096"));
     }
+    Ok(bytes)
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct HttpArgs {
+pub struct HttpSettings {
     /// Address of the `/health`, `/ready` and `/metrics` endpoints.
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9898")]
-    pub http_addr: String,
+    #[arg(
+        long = "http-addr",
+        value_name = "HTTP_ADDR",
+        env = "HTTP_ADDR",
+        default_value = "127.0.0.1:9898",
+        value_parser = Rule(socket_address)
+    )]
+    pub addr: SocketAddr,
 }
 
-impl HttpArgs {
-    pub fn validate(&self) -> Result<SocketAddr, ConfigError> {
-        self.http_addr.trim().parse().map_err(|_| {
-            invalid(
-                "HTTP_ADDR",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:9898",
-                    self.http_addr
-                ),
-            )
-        })
-    }
+fn socket_address(value: &str) -> Result<SocketAddr, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:9898"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared value rules
 // ---------------------------------------------------------------------------------------------
 
-fn non_empty(setting: &'static str, value: &str) -> Result<String, ConfigError> {
+fn non_empty(value: &str) -> Result<String, String> {
     let value = value.trim();
     if value.is_empty() {
-        Err(invalid(setting, "is empty"))
+        Err("is empty".to_string())
     } else {
         Ok(value.to_string())
     }
 }
 
-fn required(setting: &'static str, value: &Option<String>) -> Result<String, ConfigError> {
-    match value {
-        Some(value) => non_empty(setting, value),
-        None => Err(invalid(setting, "is not set")),
-    }
+fn non_empty_secret(value: &str) -> Result<Secret, String> {
+    non_empty(value).map(Secret::new)
 }
 
-fn http_url(setting: &'static str, value: &Option<String>) -> Result<Url, ConfigError> {
-    let text = required(setting, value)?;
-    let url =
-        Url::parse(&text).map_err(|e| invalid(setting, format!("{text:?} is not a URL ({e})")))?;
-    if matches!(url.scheme(), "http" | "https") {
-        Ok(url)
-    } else {
-        Err(invalid(setting, format!("{text:?} is not an http(s) URL")))
-    }
+fn secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
 }
 
-fn positive<T>(setting: &'static str, value: &str) -> Result<T, ConfigError>
+/// An empty value is no path (the setting is off).
+fn optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
+}
+
+fn positive<T>(value: &str) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + Default,
 {
     match value.trim().parse::<T>() {
         Ok(number) if number > T::default() => Ok(number),
-        _ => Err(invalid(
-            setting,
-            format!("{value:?} is not a positive whole number"),
-        )),
+        _ => Err(format!("{value:?} is not a positive whole number")),
     }
 }
 
-fn boolean(setting: &'static str, value: &str) -> Result<bool, ConfigError> {
+fn boolean(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(invalid(setting, format!("{value:?} is not true or false"))),
+        _ => Err(format!("{value:?} is not true or false")),
     }
 }
 
@@ -631,50 +738,73 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(Parser)]
+    #[derive(Parser, Debug)]
     struct All {
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: KafkaSettings,
         #[command(flatten)]
         stores: StoreArgs,
         #[command(flatten)]
-        refresh: RefreshArgs,
+        api: ApiArgs,
         #[command(flatten)]
-        serve: ServeArgs,
+        refresh: RefreshSettings,
         #[command(flatten)]
-        http: HttpArgs,
+        serve: ServeSettings,
+        #[command(flatten)]
+        http: HttpSettings,
+    }
+
+    fn try_parse(args: &[&str]) -> Result<All, clap::Error> {
+        All::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
     }
 
     fn parse(args: &[&str]) -> All {
-        All::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{e}"))
+        try_parse(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The setting error of command-line arguments that a rule rejects.
+    fn rejected(args: &[&str]) -> ConfigError {
+        let error = try_parse(args).expect_err("the arguments are rejected");
+        ConfigError::of_clap_error(&error)
+            .unwrap_or_else(|| panic!("not a setting error: {error}"))
+            .clone()
     }
 
     #[test]
     fn defaults_are_the_contract_defaults() {
         let all = parse(&[]);
-        let kafka = all.kafka.validate().unwrap();
-        assert_eq!(kafka.topics.profile_dlq, "device.profile.updates.dlq");
-        let refresh = all.refresh.validate().unwrap();
-        assert_eq!(refresh.interval, Duration::from_secs(14400));
+        assert_eq!(all.kafka.topics.profile_updates, ["device.profile.updates"]);
+        assert_eq!(all.kafka.topics.profile_dlq, "device.profile.updates.dlq");
+        assert_eq!(all.refresh.interval, Duration::from_secs(14400));
+        assert_eq!(all.refresh.bruin_max_error_ratio, 0.05);
         // The default statuses carry an EN DASH (U+2013), not a hyphen.
-        assert!(refresh
+        assert!(all
+            .refresh
             .monitorable_statuses
             .contains(&"Active \u{2013} Gold Monitoring".to_string()));
-        assert_eq!(all.serve.validate().unwrap().reply_max_bytes, 900_000);
-        assert_eq!(
-            all.stores.validate().unwrap().cassandra_keyspace,
-            "device_db"
-        );
+        assert_eq!(all.serve.reply_max_bytes, 900_000);
+        assert_eq!(all.http.addr.to_string(), "127.0.0.1:9898");
+        let stores = all.stores.validate().unwrap();
+        assert_eq!(stores.cassandra_keyspace, "device_db");
+        assert!(stores.cassandra_create_keyspace);
+        assert_eq!(stores.cassandra_credentials, None);
     }
 
     #[test]
-    fn empty_brokers_name_the_setting() {
-        let err = parse(&["--kafka-brokers", " "])
-            .kafka
-            .validate()
-            .unwrap_err();
+    fn the_constructor_has_the_defaults_of_the_command_line() {
+        let parsed = parse(&[]).stores.validate().unwrap();
+        let built = StoreSettings::new(parsed.redis_url.expose(), parsed.cassandra_nodes.clone());
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
+
+    #[test]
+    fn a_rejected_value_names_the_variable_in_one_line() {
+        let err = rejected(&["--kafka-brokers", " "]);
         assert_eq!(err.to_string(), "invalid setting KAFKA_BROKERS: is empty");
+        assert_eq!(
+            rejected(&["--refresh-interval-secs", "abc"]).to_string(),
+            "invalid setting REFRESH_INTERVAL_SECS: \"abc\" is not a positive whole number"
+        );
     }
 
     #[test]
@@ -683,83 +813,84 @@ mod tests {
             "--kafka-config",
             "security.protocol=SASL_SSL, sasl.password=hunter2",
         ]);
-        let kafka = all.kafka.validate().unwrap();
-        assert_eq!(kafka.extra[1].0, "sasl.password");
-        assert_eq!(kafka.extra[1].1.expose(), "hunter2");
-        assert!(!format!("{kafka:?}").contains("hunter2"));
+        assert_eq!(all.kafka.extra[1].0, "sasl.password");
+        assert_eq!(all.kafka.extra[1].1.expose(), "hunter2");
+        assert!(!format!("{:?}", all.kafka).contains("hunter2"));
     }
 
     #[test]
     fn kafka_config_without_equals_is_rejected_without_echoing_the_value() {
-        let all = parse(&["--kafka-config", "sasl.password"]);
-        let err = all.kafka.validate().unwrap_err();
+        let err = rejected(&["--kafka-config", "sasl.password"]);
         assert_eq!(err.setting, "KAFKA_CONFIG");
         // A password with a ',' splits into an entry that is the password's tail.
-        let all = parse(&["--kafka-config", "sasl.password=hun,ter2-tail"]);
-        let err = all.kafka.validate().unwrap_err();
+        let err = rejected(&["--kafka-config", "sasl.password=hun,ter2-tail"]);
         assert!(!err.to_string().contains("ter2"), "{err}");
     }
 
     #[test]
+    fn profile_topics_are_a_list_without_repeats() {
+        let all = parse(&["--topic-profile-updates", "a.updates, b.updates,a.updates,"]);
+        assert_eq!(all.kafka.topics.profile_updates, ["a.updates", "b.updates"]);
+        for bad in [" , ", "a.updates,bad topic"] {
+            let err = rejected(&["--topic-profile-updates", bad]);
+            assert_eq!(err.setting, "TOPIC_PROFILE_UPDATES", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn redis_url_errors_never_show_the_password() {
-        let all = parse(&["--redis-url", "http://user:hunter2@host/0"]);
-        let err = all.stores.validate().unwrap_err();
+        let err = rejected(&["--redis-url", "http://user:hunter2@host/0"]);
         assert_eq!(err.setting, "REDIS_URL");
         assert!(!err.to_string().contains("hunter2"));
     }
 
     #[test]
     fn numbers_must_be_positive() {
-        let err = parse(&["--refresh-interval-secs", "0"])
-            .refresh
-            .validate()
-            .unwrap_err();
+        let err = rejected(&["--refresh-interval-secs", "0"]);
         assert_eq!(err.setting, "REFRESH_INTERVAL_SECS");
-        let err = parse(&["--bruin-max-error-ratio", "1.5"])
-            .refresh
-            .validate()
-            .unwrap_err();
+        let err = rejected(&["--bruin-max-error-ratio", "1.5"]);
         assert_eq!(err.setting, "BRUIN_MAX_ERROR_RATIO");
+        let err = rejected(&["--reply-max-bytes", "100"]);
+        assert_eq!(
+            err.to_string(),
+            "invalid setting REPLY_MAX_BYTES: 100 is below the minimum of 4096"
+        );
     }
 
     #[test]
     fn statuses_must_be_a_json_list() {
-        let all = parse(&["--monitorable-management-statuses", "Pending"]);
-        assert_eq!(
-            all.refresh.validate().unwrap_err().setting,
-            "MONITORABLE_MANAGEMENT_STATUSES"
-        );
+        let err = rejected(&["--monitorable-management-statuses", "Pending"]);
+        assert_eq!(err.setting, "MONITORABLE_MANAGEMENT_STATUSES");
     }
 
     #[test]
-    fn timezone_and_topics_are_checked() {
-        assert_eq!(
-            parse(&["--timezone", "Mars/Base"])
-                .serve
-                .validate()
-                .unwrap_err()
-                .setting,
-            "TIMEZONE"
-        );
-        let err = parse(&["--topic-get", "bad topic"])
-            .kafka
-            .validate()
-            .unwrap_err();
-        assert_eq!(err.setting, "TOPIC_GET");
+    fn timezone_address_and_topics_are_checked() {
+        assert_eq!(rejected(&["--timezone", "Mars/Base"]).setting, "TIMEZONE");
+        assert_eq!(rejected(&["--http-addr", "x"]).setting, "HTTP_ADDR");
+        assert_eq!(rejected(&["--topic-get", "bad topic"]).setting, "TOPIC_GET");
     }
 
     #[test]
     fn cassandra_nodes_need_ports_and_keyspace_must_be_an_identifier() {
-        let err = parse(&["--cassandra-nodes", "db1"])
-            .stores
-            .validate()
-            .unwrap_err();
+        let err = rejected(&["--cassandra-nodes", "db1"]);
         assert_eq!(err.setting, "CASSANDRA_NODES");
-        let err = parse(&["--cassandra-keyspace", "drop table"])
-            .stores
-            .validate()
-            .unwrap_err();
+        let err = rejected(&["--cassandra-keyspace", "drop table"]);
         assert_eq!(err.setting, "CASSANDRA_KEYSPACE");
+    }
+
+    #[test]
+    fn cassandra_username_is_needed_with_a_password() {
+        let stores = |args: &[&str]| parse(args).stores.validate();
+        let err = stores(&["--cassandra-password", "hunter2"]).unwrap_err();
+        assert_eq!(err.setting, "CASSANDRA_USERNAME");
+        let settings = stores(&[
+            "--cassandra-username",
+            "u",
+            "--cassandra-password",
+            "hunter2",
+        ])
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
     }
 
     #[test]
@@ -771,7 +902,7 @@ mod tests {
             Some(CassandraTls { ca_file: None })
         );
         assert_eq!(
-            stores(&["--cassandra-tls", "maybe"]).unwrap_err().setting,
+            rejected(&["--cassandra-tls", "maybe"]).setting,
             "CASSANDRA_TLS"
         );
         let without_tls = stores(&["--cassandra-tls-ca-file", "/ca.pem"]).unwrap_err();
@@ -798,18 +929,17 @@ mod tests {
 
     #[test]
     fn missing_api_settings_are_named() {
-        let api = ApiArgs {
-            hawkeye_base_url: Some("http://127.0.0.1:1".into()),
-            hawkeye_username: Some("u".into()),
-            hawkeye_password: None,
-            bruin_base_url: None,
-            bruin_login_url: None,
-            bruin_client_id: None,
-            bruin_client_secret: None,
-        };
+        let all = parse(&[
+            "--hawkeye-base-url",
+            "http://127.0.0.1:1",
+            "--hawkeye-username",
+            "u",
+        ]);
         assert_eq!(
-            api.validate().unwrap_err().to_string(),
+            all.api.validate().unwrap_err().to_string(),
             "invalid setting HAWKEYE_PASSWORD: is not set"
         );
+        let err = rejected(&["--bruin-base-url", "ftp://bruin"]);
+        assert_eq!(err.setting, "BRUIN_BASE_URL");
     }
 }

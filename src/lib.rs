@@ -2,7 +2,6 @@
 //! customer cache and pushes device profile updates into Redis and Cassandra.
 
 pub mod apis;
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod kafka;
@@ -11,6 +10,5 @@ pub mod profile;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
-pub mod sim;
 pub mod stores;
 pub mod supervisor;

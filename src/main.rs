@@ -1,4 +1,5 @@
-//! The command line: `run` the service.
+//! The command line: `run` the service, and the operator's clients `refresh`, `get` and
+//! `profile publish`.
 
 use std::process::ExitCode;
 
@@ -6,12 +7,12 @@ use clap::{Parser, Subcommand};
 
 use hawkeye_customer_cache::cache::{client, trigger};
 use hawkeye_customer_cache::config::{
-    ApiArgs, ConfigError, HttpArgs, KafkaArgs, RefreshArgs, ServeArgs, StoreArgs,
+    ApiArgs, ConfigError, HttpSettings, KafkaSettings, RefreshSettings, Rule, ServeSettings,
+    StoreArgs,
 };
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
-use hawkeye_customer_cache::sim::{SimConfig, Simulator};
-use hawkeye_customer_cache::{bench, observe, shutdown};
+use hawkeye_customer_cache::{observe, shutdown};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -26,41 +27,26 @@ enum Command {
     Run(Box<RunArgs>),
     /// Ask the running service for a customer cache refresh; prints the trigger's request_id,
     /// which the refresh_succeeded / refresh_failed notification echoes.
-    Refresh(Box<KafkaArgs>),
+    Refresh(Box<KafkaSettings>),
     /// Ask the running service for the customer cache; prints the reply's JSON (chunks
     /// joined). Exit code 0 on a 2xx status, 1 on another status, 2 without a reply.
     Get(Box<GetArgs>),
     /// Device profile tools for operators.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// Serve a simulated Hawkeye/Ixia + Bruin API (docs/simulator.md) until SIGINT/SIGTERM;
-    /// prints the settings that point the service at it.
-    Sim(Box<SimArgs>),
-    /// Measure throughput, latency and memory against the stack and the simulator, each
-    /// figure next to a baseline measured in the same run (BENCHMARKS.md).
-    Bench(Box<bench::BenchArgs>),
-}
-
-#[derive(clap::Args)]
-struct SimArgs {
-    #[command(flatten)]
-    config: SimConfig,
-    /// Address to listen on.
-    #[arg(long, env = "SIM_ADDR", default_value = "127.0.0.1:8700")]
-    addr: String,
 }
 
 #[derive(Subcommand)]
 enum ProfileCommand {
-    /// Produce device profile events (JSON objects, one per line) to TOPIC_PROFILE_UPDATES,
-    /// keyed by device_id; prints how many were sent.
+    /// Produce device profile events (JSON objects, one per line) to the first topic of
+    /// TOPIC_PROFILE_UPDATES, keyed by device_id; prints how many were sent.
     Publish(Box<PublishArgs>),
 }
 
 #[derive(clap::Args)]
 struct PublishArgs {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    kafka: KafkaSettings,
     /// File of events, or `-` for standard input.
     #[arg(default_value = "-")]
     file: String,
@@ -69,13 +55,13 @@ struct PublishArgs {
 #[derive(clap::Args)]
 struct GetArgs {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    kafka: KafkaSettings,
     /// Only devices whose last contact is strictly after this datetime (RFC 3339, or a naive
     /// datetime read in the service's TIMEZONE).
     #[arg(long)]
     last_contact_filter: Option<String>,
     /// Seconds to wait for the whole reply.
-    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    #[arg(long, default_value = "30", value_parser = Rule(positive_seconds))]
     timeout: std::time::Duration,
     /// Topic to receive the reply on [default: TOPIC_REPLY].
     #[arg(long)]
@@ -94,30 +80,31 @@ fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
 #[derive(clap::Args)]
 struct RunArgs {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    kafka: KafkaSettings,
     #[command(flatten)]
     stores: StoreArgs,
     #[command(flatten)]
     api: ApiArgs,
     #[command(flatten)]
-    refresh: RefreshArgs,
+    refresh: RefreshSettings,
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: ServeSettings,
     #[command(flatten)]
-    http: HttpArgs,
+    http: HttpSettings,
 }
 
 impl RunArgs {
-    fn validate(&self) -> Result<RunSettings, ConfigError> {
+    /// The rules between settings; each value was checked when it was parsed.
+    fn validate(self) -> Result<RunSettings, ConfigError> {
         let (hawkeye, bruin) = self.api.validate()?;
         Ok(RunSettings {
-            kafka: self.kafka.validate()?,
+            kafka: self.kafka,
             stores: self.stores.validate()?,
             hawkeye,
             bruin,
-            refresh: self.refresh.validate()?,
-            serve: self.serve.validate()?,
-            http_addr: self.http.validate()?,
+            refresh: self.refresh,
+            serve: self.serve,
+            http_addr: self.http.addr,
         })
     }
 }
@@ -126,7 +113,10 @@ impl RunArgs {
 const EXIT_BAD_SETTING: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(&e),
+    };
     observe::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -136,10 +126,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let settings = match args.validate() {
                 Ok(settings) => settings,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_BAD_SETTING);
-                }
+                Err(e) => return bad_setting(&e),
             };
             runtime.block_on(async {
                 let token = match shutdown::on_signal() {
@@ -155,37 +142,7 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh(&runtime, &args),
         Command::Get(args) => get(&runtime, &args),
         Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
-        Command::Sim(args) => simulate(&runtime, *args),
-        Command::Bench(args) => match runtime.block_on(bench::run(*args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&format!("{e:#}")),
-        },
     }
-}
-
-/// `sim`: serves the simulator until a signal; the env lines go to stdout for `eval`/`.env`.
-fn simulate(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
-    runtime.block_on(async {
-        let token = match shutdown::on_signal() {
-            Ok(token) => token,
-            Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
-        };
-        let devices = args.config.devices;
-        let running = match Simulator::start(args.config, &args.addr).await {
-            Ok(running) => running,
-            Err(e) => return fail(&e.to_string()),
-        };
-        eprintln!(
-            "simulator serving {devices} devices at {}",
-            running.base_url()
-        );
-        for line in running.env_lines() {
-            println!("{line}");
-        }
-        token.cancelled().await;
-        running.shutdown().await;
-        ExitCode::SUCCESS
-    })
 }
 
 /// Exit code of `get` when no reply came (timeout, Kafka unreachable).
@@ -193,19 +150,12 @@ const EXIT_NO_REPLY: u8 = 2;
 
 /// `get`: one cache request; the reply's JSON on stdout.
 fn get(runtime: &tokio::runtime::Runtime, args: &GetArgs) -> ExitCode {
-    let settings = match args.kafka.validate() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_BAD_SETTING);
-        }
-    };
     let options = client::GetOptions {
         last_contact_filter: args.last_contact_filter.clone(),
         timeout: args.timeout,
         reply_topic: args.reply_topic.clone(),
     };
-    match runtime.block_on(client::get(&settings, &options)) {
+    match runtime.block_on(client::get(&args.kafka, &options)) {
         Ok(answer) => {
             println!("{}", answer.json);
             if (200..300).contains(&answer.status) {
@@ -222,15 +172,8 @@ fn get(runtime: &tokio::runtime::Runtime, args: &GetArgs) -> ExitCode {
 }
 
 /// `refresh`: publishes one trigger on `TOPIC_REFRESH` and prints its request_id on stdout.
-fn refresh(runtime: &tokio::runtime::Runtime, args: &KafkaArgs) -> ExitCode {
-    let settings = match args.validate() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_BAD_SETTING);
-        }
-    };
-    match runtime.block_on(trigger::send_trigger(&settings)) {
+fn refresh(runtime: &tokio::runtime::Runtime, settings: &KafkaSettings) -> ExitCode {
+    match runtime.block_on(trigger::send_trigger(settings)) {
         Ok(request_id) => {
             println!("{request_id}");
             ExitCode::SUCCESS
@@ -241,30 +184,43 @@ fn refresh(runtime: &tokio::runtime::Runtime, args: &KafkaArgs) -> ExitCode {
 
 /// `profile publish`: sends the events of a file (or stdin) and prints how many were sent.
 fn publish_profiles(runtime: &tokio::runtime::Runtime, args: &PublishArgs) -> ExitCode {
-    let settings = match args.kafka.validate() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_BAD_SETTING);
-        }
+    let settings = &args.kafka;
+    let Some(topic) = settings.topics.profile_updates.first() else {
+        return fail("TOPIC_PROFILE_UPDATES names no topic");
     };
     let sent = if args.file == "-" {
-        runtime.block_on(publish::publish(&settings, std::io::stdin().lock()))
+        runtime.block_on(publish::publish(settings, topic, std::io::stdin().lock()))
     } else {
         match std::fs::File::open(&args.file) {
-            Ok(file) => {
-                runtime.block_on(publish::publish(&settings, std::io::BufReader::new(file)))
-            }
+            Ok(file) => runtime.block_on(publish::publish(
+                settings,
+                topic,
+                std::io::BufReader::new(file),
+            )),
             Err(e) => return fail(&format!("cannot open {}: {e}", args.file)),
         }
     };
     match sent {
         Ok(count) => {
-            println!("sent {count} events to {}", settings.topics.profile_updates);
+            println!("sent {count} events to {topic}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("{e:#}")),
     }
+}
+
+/// A value a setting's rule rejected is one line naming the setting (exit 2); clap's own
+/// messages (help, version, unknown flags) are printed as clap prints them.
+fn command_line_error(error: &clap::Error) -> ExitCode {
+    match ConfigError::of_clap_error(error) {
+        Some(bad) => bad_setting(bad),
+        None => error.exit(),
+    }
+}
+
+fn bad_setting(error: &ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_BAD_SETTING)
 }
 
 /// Prints the error as one line on stderr (causes joined by `: `) and exits with 1.

@@ -48,18 +48,19 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
     let producer = kafka::producer(&settings.kafka)?;
     kafka::wait_for_brokers(&producer).await?;
     let topics = &settings.kafka.topics;
-    kafka::ensure_topics(
-        &settings.kafka,
-        &[
-            &topics.profile_updates,
+    let all_topics: Vec<&str> = topics
+        .profile_updates
+        .iter()
+        .chain([
             &topics.profile_dlq,
             &topics.refresh,
             &topics.get,
             &topics.reply,
             &topics.notifications,
-        ],
-    )
-    .await?;
+        ])
+        .map(String::as_str)
+        .collect();
+    kafka::ensure_topics(&settings.kafka, &all_topics).await?;
     let redis = RedisStore::connect(&settings.stores)
         .await
         .context("cannot reach Redis (REDIS_URL)")?;
@@ -95,7 +96,7 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
     )
     .await?;
     let push = ProfilePipeline {
-        consumer: Ingress::subscribe(&settings.kafka, Role::Profiles, &[&topics.profile_updates])
+        consumer: Ingress::subscribe(&settings.kafka, Role::Profiles, &topics.profile_updates)
             .await?,
         stores: profiles.clone(),
         dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),

@@ -107,11 +107,11 @@ impl GetServer {
             serve,
             reply_topics: ReplyTopics {
                 default: kafka.topics.reply.clone(),
-                inputs: vec![
-                    kafka.topics.get.clone(),
-                    kafka.topics.refresh.clone(),
-                    kafka.topics.profile_updates.clone(),
-                ],
+                inputs: [&kafka.topics.get, &kafka.topics.refresh]
+                    .into_iter()
+                    .chain(&kafka.topics.profile_updates)
+                    .cloned()
+                    .collect(),
                 allowed: None,
             },
             reply_budget: Arc::new(Semaphore::new(BUDGET_UNITS as usize)),

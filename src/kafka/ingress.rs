@@ -79,10 +79,11 @@ impl Ingress {
     pub async fn subscribe(
         settings: &KafkaSettings,
         role: Role,
-        topics: &[&str],
+        topics: &[impl AsRef<str>],
     ) -> anyhow::Result<Self> {
+        let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         let group_id = role.group_id(&settings.group_id);
-        adopt_former_offsets(settings, &group_id, topics).await;
+        adopt_former_offsets(settings, &group_id, &topics).await;
         let consumer: StreamConsumer<ClientLog> = group_config(settings, &group_id)
             .create_with_context(ClientLog)
             .map_err(redact_config_error)
@@ -90,7 +91,7 @@ impl Ingress {
                 anyhow::anyhow!("cannot create Kafka consumer (check KAFKA_CONFIG): {e}")
             })?;
         consumer
-            .subscribe(topics)
+            .subscribe(&topics)
             .with_context(|| format!("cannot subscribe to {}", topics.join(",")))?;
         tracing::info!(group = %group_id, topics = %topics.join(","), "consumer subscribed");
         Ok(Ingress {

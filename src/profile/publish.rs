@@ -1,5 +1,6 @@
 //! `profile publish`: an operator's producer of device profile events. Reads JSON objects, one
-//! per line, and produces them to `TOPIC_PROFILE_UPDATES` keyed by their `device_id`.
+//! per line, and produces them to the first topic of `TOPIC_PROFILE_UPDATES` keyed by their
+//! `device_id`.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -42,10 +43,13 @@ fn read_events(input: impl BufRead) -> anyhow::Result<Vec<Event>> {
     Ok(events)
 }
 
-/// Sends every event and waits for each delivery; returns how many were sent.
-pub async fn publish(settings: &KafkaSettings, input: impl BufRead) -> anyhow::Result<usize> {
+/// Sends every event to `topic` and waits for each delivery; returns how many were sent.
+pub async fn publish(
+    settings: &KafkaSettings,
+    topic: &str,
+    input: impl BufRead,
+) -> anyhow::Result<usize> {
     let events = read_events(input)?;
-    let topic = &settings.topics.profile_updates;
     ensure_topics(settings, &[topic]).await?;
     let producer = producer(settings)?;
     futures::stream::iter(&events)

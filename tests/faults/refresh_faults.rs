@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::sim::{Fault, Route, RunningSim, SimConfig};
+use hawkeye_devtools::sim::{Fault, Route, RunningSim, SimConfig};
 use redis::AsyncCommands;
 
 use crate::common::cache_fixture::redis_connection;

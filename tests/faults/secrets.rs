@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 use serde_json::json;
 
 use crate::common::profiles::{produce, produce_json, producer};

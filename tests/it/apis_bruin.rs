@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use hawkeye_customer_cache::apis::{ApiError, BruinClient};
 use hawkeye_customer_cache::config::{BruinSettings, Secret};
-use hawkeye_customer_cache::sim::{Category, Device, Fault, Route, RunningSim, SimConfig};
+use hawkeye_devtools::sim::{Category, Device, Fault, Route, RunningSim, SimConfig};
 
 use crate::common::apis::{bruin_client, fast_retry, metrics};
 use crate::common::refresh::start_sim;

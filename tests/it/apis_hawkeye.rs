@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::apis::{ApiError, HawkeyeClient};
 use hawkeye_customer_cache::config::{HawkeyeSettings, Secret};
-use hawkeye_customer_cache::sim::{Fault, Route, SimConfig};
+use hawkeye_devtools::sim::{Fault, Route, SimConfig};
 
 use crate::common::apis::{fast_retry, hawkeye_client, metrics};
 use crate::common::free_port;

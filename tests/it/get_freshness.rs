@@ -9,7 +9,7 @@ use chrono::DateTime;
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::last_contact::{push_last_contact, PushOutcome};
 use hawkeye_customer_cache::profile::LastContact;
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::{json, Value};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 use redis::aio::ConnectionManager;
 
 use crate::common::cache_fixture::redis_connection;

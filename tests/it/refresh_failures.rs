@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::Value;

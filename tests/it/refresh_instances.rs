@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 use serde_json::Value;
 
 use crate::common::refresh::{monitorable, refresh_env, start_sim, Notifications};

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::sim::SimConfig;
+use hawkeye_devtools::sim::SimConfig;
 
 use crate::common::cache_fixture::redis_connection;
 use crate::common::refresh::{cache_keys_present, refresh_env, start_sim, wait_for_log};

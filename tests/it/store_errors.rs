@@ -3,18 +3,26 @@
 
 use std::sync::Arc;
 
-use hawkeye_customer_cache::bench::store_settings;
+use hawkeye_customer_cache::config::StoreSettings;
 use hawkeye_customer_cache::observe::Metrics;
 use hawkeye_customer_cache::profile::ProfileUpdate;
 use hawkeye_customer_cache::stores::{CassandraStore, ProfileStores, RedisStore};
+use hawkeye_devtools::service::isolated_stores;
 use redis::AsyncCommands;
 
-use crate::common::service::isolated_env;
-use crate::common::{free_port, unique};
+use crate::common::{free_port, stack, unique};
+
+/// Store settings of the stack with this test's own Redis prefixes.
+fn settings() -> StoreSettings {
+    StoreSettings {
+        cassandra_keyspace: "hcc_test".into(),
+        ..isolated_stores(&stack(), &unique("t"))
+    }
+}
 
 #[tokio::test]
-async fn a_device_key_holding_a_string_is_a_permanent_redis_failure() {
-    let settings = store_settings(&isolated_env()).unwrap();
+async fn a_device_key_holding_a_string_is_refused_for_good_and_left_alone() {
+    let settings = settings();
     let redis = RedisStore::connect(&settings).await.unwrap();
     let cassandra = CassandraStore::connect(&settings).await.unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
@@ -32,21 +40,26 @@ async fn a_device_key_holding_a_string_is_a_permanent_redis_failure() {
         client_id: Some(9994),
         ..ProfileUpdate::default()
     };
-    let error = stores.upsert(&[update]).await.unwrap_err();
+    let outcomes = stores
+        .upsert(&[update])
+        .await
+        .expect("no transient failure");
+    let Err(error) = &outcomes[0] else {
+        panic!("the update of a string key was accepted: {outcomes:?}");
+    };
     let text = error.to_string();
     assert!(text.starts_with("redis: "), "{text}");
     assert!(text.contains("WRONGTYPE"), "{text}");
     assert!(!error.is_transient(), "{text}");
+    let kept: String = connection.get(&key).await.unwrap();
+    assert_eq!(kept, "not a hash", "the foreign key is left as it was");
     let () = connection.del(&key).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_store_refusing_connections_is_a_transient_failure() {
     let closed = format!("127.0.0.1:{}", free_port());
-    let mut env = isolated_env();
-    env.insert("REDIS_URL".into(), format!("redis://{closed}/0"));
-    env.insert("CASSANDRA_NODES".into(), closed);
-    let settings = store_settings(&env).unwrap();
+    let settings = StoreSettings::new(format!("redis://{closed}/0"), vec![closed.clone()]);
 
     let Err(error) = RedisStore::connect(&settings).await else {
         panic!("connected to Redis on a closed port");

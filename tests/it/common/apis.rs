@@ -6,7 +6,7 @@ use std::time::Duration;
 use hawkeye_customer_cache::apis::{BruinClient, HawkeyeClient, DEFAULT_RETRY_POLICY};
 use hawkeye_customer_cache::observe::Metrics;
 use hawkeye_customer_cache::retry::RetryPolicy;
-use hawkeye_customer_cache::sim::RunningSim;
+use hawkeye_devtools::sim::RunningSim;
 
 /// The default number of attempts, with waits of milliseconds so tests stay quick.
 pub fn fast_retry() -> RetryPolicy {

@@ -9,8 +9,7 @@ pub mod refresh;
 pub mod request_reply;
 pub mod service;
 
-pub use hawkeye_customer_cache::bench::service::free_port;
-pub use hawkeye_customer_cache::bench::Stack;
+pub use hawkeye_devtools::service::{free_port, Stack};
 pub use service::ServiceProcess;
 
 /// Endpoints of the local stack, from the environment `scripts/stack env` prints.

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use hawkeye_customer_cache::sim::{RunningSim, SimConfig, Simulator};
+use hawkeye_devtools::sim::{RunningSim, SimConfig, Simulator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;

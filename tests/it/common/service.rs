@@ -13,10 +13,10 @@ use super::{stack, unique};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_hawkeye-customer-cache");
 
 /// The environment of one isolated service instance: its own topics, group, Redis prefixes,
-/// HTTP port (the benchmark harness's, `bench::service::isolated_env`), with the tests' own
+/// HTTP port (`hawkeye_devtools::service::isolated_env`, as the benchmark), with the tests' own
 /// keyspace and info logs. Tests change entries before `start`.
 pub fn isolated_env() -> HashMap<String, String> {
-    let mut env = hawkeye_customer_cache::bench::service::isolated_env(&stack(), &unique("t"));
+    let mut env = hawkeye_devtools::service::isolated_env(&stack(), &unique("t"));
     env.insert("CASSANDRA_KEYSPACE".into(), "hcc_test".into());
     env.insert("RUST_LOG".into(), "info".into());
     env

@@ -19,8 +19,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BruinSettings, HawkeyeSettings, Secret};
 pub use fleet::{Category, Device, Fleet, FleetShape};
+use hawkeye_customer_cache::config::{BruinSettings, HawkeyeSettings, Secret};
 use state::Shared;
 pub use state::{Fault, Route, SimStats};
 

@@ -7,16 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 
-use crate::kafka::client_log::ClientLog;
+use hawkeye_customer_cache::kafka::client_log::ClientLog;
 use rdkafka::message::Message;
 use serde_json::Value;
 
-use super::service::{isolated_env, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
-use super::{kafka_settings, Bench, Report, MEMORY_TARGET_MIB};
-use crate::cache::client::listen_at_end;
-use crate::cache::trigger::send_trigger;
+use super::{Bench, Report, MEMORY_TARGET_MIB};
+use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
 use crate::sim::{SimConfig, Simulator};
+use hawkeye_customer_cache::cache::client::listen_at_end;
+use hawkeye_customer_cache::cache::trigger::send_trigger;
 
 const LATENCY_MS: u64 = 20;
 /// The service's default `BRUIN_CONCURRENCY`.
@@ -143,7 +143,7 @@ async fn refreshes(
         }
     }
     env.insert("BRUIN_CONCURRENCY".into(), concurrency.to_string());
-    let kafka = kafka_settings(&env)?;
+    let kafka = isolated_kafka(&bench.stack, &name);
     let notifications =
         listen_at_end(&kafka, kafka.topics.notifications.clone(), LISTEN_TIMEOUT).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;

@@ -10,14 +10,14 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::service::{isolated_env, ServiceChild};
 use super::table::{median, percentile, thousands, Row};
-use super::{kafka_settings, store_settings, Bench, Report, MEMORY_TARGET_MIB};
-use crate::cache::client::{GetOptions, Requester};
-use crate::cache::keys::CacheKeys;
-use crate::cache::publish::{publish, write_staging, Generation, RefreshLock};
+use super::{Bench, Report, MEMORY_TARGET_MIB};
+use crate::service::{isolated_env, isolated_kafka, isolated_stores, ServiceChild};
 use crate::sim::{Fleet, FleetShape};
-use crate::stores::RedisStore;
+use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
+use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_customer_cache::cache::publish::{publish, write_staging, Generation, RefreshLock};
+use hawkeye_customer_cache::stores::RedisStore;
 
 const CLIENTS: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -73,8 +73,8 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let mut env = isolated_env(&bench.stack, &name);
     // Its start-up refresh cannot reach the APIs: make it give up (and free the lock) at once.
     env.insert("HAWKEYE_MAX_ATTEMPTS".into(), "1".into());
-    let kafka = kafka_settings(&env)?;
-    let redis = RedisStore::connect(&store_settings(&env)?)
+    let kafka = isolated_kafka(&bench.stack, &name);
+    let redis = RedisStore::connect(&isolated_stores(&bench.stack, &name))
         .await?
         .connection();
     let keys = CacheKeys::new(&name);

@@ -1,26 +1,24 @@
 //! `bench`: measures the service against the local stack and the simulator, each figure next
 //! to a baseline measured in the same run (`BENCHMARKS.md`). The service runs as a child
-//! process (this binary's `run`) with its own topics, group, keys and HTTP port; the harness
-//! produces, triggers, requests and polls the stores like a user would.
+//! process (the `hawkeye-customer-cache run` binary) with its own topics, group, keys and
+//! HTTP port; the harness produces, triggers, requests and polls the stores like a user would.
 
 mod get;
 mod probe;
 mod push;
 mod refresh;
-pub mod service;
 pub mod table;
 mod visibility;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::config::{KafkaArgs, KafkaSettings, StoreArgs, StoreSettings, TopicArgs};
+use crate::service::{self, Stack};
 use table::Row;
 
-/// The keyspace of every benchmark run (device ids and Redis keys are unique per run).
-const KEYSPACE: &str = "hcc_bench";
+/// The service binary's file name, looked for next to this executable.
+const SERVICE_BINARY: &str = "hawkeye-customer-cache";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -55,6 +53,9 @@ pub struct BenchArgs {
     pub redis_url: String,
     #[arg(long, env = "CASSANDRA_NODES", default_value = "127.0.0.1:9042")]
     pub cassandra_nodes: String,
+    /// The service binary to measure [default: hawkeye-customer-cache next to this executable].
+    #[arg(long, env = "BENCH_SERVICE_BINARY")]
+    pub service_binary: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,14 +64,6 @@ pub enum Measurement {
     Visibility,
     Refresh,
     Get,
-}
-
-/// Endpoints of the stack the service and the harness use.
-#[derive(Debug, Clone)]
-pub struct Stack {
-    pub kafka_brokers: String,
-    pub redis_url: String,
-    pub cassandra_nodes: String,
 }
 
 /// How much each measurement does.
@@ -149,10 +142,10 @@ impl Bench {
 
     /// The harness's own connections to the stores, with the keys of the service `name`.
     pub async fn harness(&self, name: &str) -> anyhow::Result<probe::Harness> {
-        probe::Harness::connect(&store_settings(&service::isolated_env(&self.stack, name))?).await
+        probe::Harness::connect(&service::isolated_stores(&self.stack, name)).await
     }
 
-    /// Deletes the Redis keys of this run (the Cassandra rows stay in [`KEYSPACE`]).
+    /// Deletes the Redis keys of this run (the Cassandra rows stay in [`service::KEYSPACE`]).
     async fn remove_redis_keys(&self) -> anyhow::Result<()> {
         let client = redis::Client::open(self.stack.redis_url.as_str())?;
         let mut connection = client.get_multiplexed_async_connection().await?;
@@ -186,43 +179,6 @@ impl Bench {
     }
 }
 
-/// The Kafka settings of a service environment (for the harness's producers and clients).
-pub fn kafka_settings(env: &HashMap<String, String>) -> anyhow::Result<KafkaSettings> {
-    let get = |key: &str| env.get(key).cloned().unwrap_or_default();
-    let args = KafkaArgs {
-        kafka_brokers: get("KAFKA_BROKERS"),
-        kafka_group_id: get("KAFKA_GROUP_ID"),
-        kafka_config: get("KAFKA_CONFIG"),
-        topics: TopicArgs {
-            topic_profile_updates: get("TOPIC_PROFILE_UPDATES"),
-            topic_profile_dlq: get("TOPIC_PROFILE_DLQ"),
-            topic_refresh: get("TOPIC_REFRESH"),
-            topic_get: get("TOPIC_GET"),
-            topic_reply: get("TOPIC_REPLY"),
-            topic_notifications: get("TOPIC_NOTIFICATIONS"),
-        },
-    };
-    Ok(args.validate()?)
-}
-
-/// The store settings of a service environment.
-pub fn store_settings(env: &HashMap<String, String>) -> anyhow::Result<StoreSettings> {
-    let get = |key: &str| env.get(key).cloned().unwrap_or_default();
-    let args = StoreArgs {
-        redis_url: get("REDIS_URL"),
-        redis_device_key_prefix: get("REDIS_DEVICE_KEY_PREFIX"),
-        cassandra_nodes: get("CASSANDRA_NODES"),
-        cassandra_keyspace: get("CASSANDRA_KEYSPACE"),
-        cassandra_create_keyspace: "true".into(),
-        cassandra_username: String::new(),
-        cassandra_password: String::new(),
-        cassandra_tls: "false".into(),
-        cassandra_tls_ca_file: String::new(),
-        environment_name: get("ENVIRONMENT_NAME"),
-    };
-    Ok(args.validate()?)
-}
-
 /// Runs the measurements asked for and prints the table on stdout (progress on stderr).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bench = Bench {
@@ -231,7 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             redis_url: args.redis_url.clone(),
             cassandra_nodes: args.cassandra_nodes.clone(),
         },
-        binary: std::env::current_exe().context("cannot find this binary")?,
+        binary: service_binary(args.service_binary.as_deref())?,
         sizes: Sizes::of(&args),
         run_id: format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
     };
@@ -257,6 +213,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("* DEBUG BUILD: figures are meaningless; only checked that each measurement runs");
     }
     outcome
+}
+
+/// The binary `bench` runs: `chosen`, else the service binary next to this executable (both
+/// are built into the same `target/` directory).
+fn service_binary(chosen: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let binary = match chosen {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name(SERVICE_BINARY),
+    };
+    if !binary.is_file() {
+        anyhow::bail!(
+            "no service binary at {} (build it with `cargo build --workspace`, or give \
+             --service-binary / BENCH_SERVICE_BINARY)",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
 async fn run_measurements(
@@ -326,5 +301,15 @@ mod tests {
         let full = Sizes::of(&Cli::try_parse_from(["bench"]).unwrap().bench);
         assert_eq!(full.push_events, 200_000);
         assert_eq!(full.repetitions, 3);
+    }
+
+    #[test]
+    fn the_service_binary_must_exist() {
+        let this = std::env::current_exe().unwrap();
+        assert_eq!(service_binary(Some(&this)).unwrap(), this);
+        let missing = this.with_file_name("no-such-service");
+        let err = service_binary(Some(&missing)).unwrap_err().to_string();
+        assert!(err.contains("no-such-service"), "{err}");
+        assert!(err.contains("--service-binary"), "{err}");
     }
 }

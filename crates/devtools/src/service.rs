@@ -1,5 +1,6 @@
-//! The service under measurement: this binary's `run`, as a child process with its own topics,
-//! group, Redis prefixes and HTTP port, so that its memory is its own and can be read from
+//! The service under test or measurement: the settings and environment of one isolated
+//! instance (its own topics, group, Redis prefixes and HTTP port) on the local stack, and the
+//! `hawkeye-customer-cache run` child process, whose memory is its own and can be read from
 //! `/proc/<pid>/status`.
 
 use std::collections::HashMap;
@@ -11,7 +12,19 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::Stack;
+use hawkeye_customer_cache::config::{KafkaSettings, StoreSettings, Topics};
+
+/// The keyspace of isolated services (device ids and Redis keys are unique per service; the
+/// integration tests use their own keyspace).
+pub const KEYSPACE: &str = "hcc_bench";
+
+/// Endpoints of the stack the service and the harness use.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka_brokers: String,
+    pub redis_url: String,
+    pub cassandra_nodes: String,
+}
 
 /// How long a service may take to start (Cassandra schema checks included).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,16 +37,57 @@ pub struct Memory {
     pub peak_mib: f64,
 }
 
-/// The environment of one isolated service: names all start with `name` (unique per run).
+/// The Kafka settings of the isolated service `name`: its own group and topics (one profile
+/// topic), all named `{name}.…`.
+pub fn isolated_kafka(stack: &Stack, name: &str) -> KafkaSettings {
+    let topic = |what: &str| format!("{name}.{what}");
+    let topics = Topics {
+        profile_updates: vec![topic("profile.updates")],
+        profile_dlq: topic("profile.updates.dlq"),
+        refresh: topic("refresh"),
+        get: topic("get"),
+        reply: topic("reply"),
+        notifications: topic("notifications"),
+    };
+    KafkaSettings::new(&stack.kafka_brokers, topic("group"), topics)
+}
+
+/// The store settings of the isolated service `name`: its own Redis prefixes, in the
+/// benchmark keyspace.
+pub fn isolated_stores(stack: &Stack, name: &str) -> StoreSettings {
+    let nodes = stack
+        .cassandra_nodes
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    StoreSettings {
+        redis_device_key_prefix: format!("{name}:device:"),
+        cassandra_keyspace: KEYSPACE.to_string(),
+        environment_name: name.to_string(),
+        ..StoreSettings::new(&stack.redis_url, nodes)
+    }
+}
+
+/// The environment of the isolated service `name` (unique per run): the settings of
+/// [`isolated_kafka`] and [`isolated_stores`], a free HTTP port, and unreachable APIs.
 pub fn isolated_env(stack: &Stack, name: &str) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = [
-        ("KAFKA_BROKERS", stack.kafka_brokers.clone()),
+    let kafka = isolated_kafka(stack, name);
+    let stores = isolated_stores(stack, name);
+    let topics = kafka.topics;
+    [
+        ("KAFKA_BROKERS", kafka.brokers),
+        ("KAFKA_GROUP_ID", kafka.group_id),
+        ("TOPIC_PROFILE_UPDATES", topics.profile_updates.join(",")),
+        ("TOPIC_PROFILE_DLQ", topics.profile_dlq),
+        ("TOPIC_REFRESH", topics.refresh),
+        ("TOPIC_GET", topics.get),
+        ("TOPIC_REPLY", topics.reply),
+        ("TOPIC_NOTIFICATIONS", topics.notifications),
         ("REDIS_URL", stack.redis_url.clone()),
         ("CASSANDRA_NODES", stack.cassandra_nodes.clone()),
-        ("CASSANDRA_KEYSPACE", super::KEYSPACE.to_string()),
-        ("KAFKA_GROUP_ID", format!("{name}.group")),
-        ("ENVIRONMENT_NAME", name.to_string()),
-        ("REDIS_DEVICE_KEY_PREFIX", device_key_prefix(name)),
+        ("CASSANDRA_KEYSPACE", stores.cassandra_keyspace),
+        ("ENVIRONMENT_NAME", stores.environment_name),
+        ("REDIS_DEVICE_KEY_PREFIX", stores.redis_device_key_prefix),
         ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
         // Unreachable: the refresh measurement points these at the simulator.
         ("HAWKEYE_BASE_URL", "http://127.0.0.1:9/".to_string()),
@@ -47,23 +101,7 @@ pub fn isolated_env(stack: &Stack, name: &str) -> HashMap<String, String> {
     ]
     .into_iter()
     .map(|(key, value)| (key.to_string(), value))
-    .collect();
-    for (variable, topic) in [
-        ("TOPIC_PROFILE_UPDATES", "profile.updates"),
-        ("TOPIC_PROFILE_DLQ", "profile.updates.dlq"),
-        ("TOPIC_REFRESH", "refresh"),
-        ("TOPIC_GET", "get"),
-        ("TOPIC_REPLY", "reply"),
-        ("TOPIC_NOTIFICATIONS", "notifications"),
-    ] {
-        env.insert(variable.to_string(), format!("{name}.{topic}"));
-    }
-    env
-}
-
-/// `REDIS_DEVICE_KEY_PREFIX` of the service named `name`.
-pub fn device_key_prefix(name: &str) -> String {
-    format!("{name}:device:")
+    .collect()
 }
 
 /// A loopback port that was free a moment ago (9899 if none could be found: the service then
@@ -244,8 +282,14 @@ mod tests {
         };
         let env = isolated_env(&stack, "bench_x.push");
         assert_eq!(env["TOPIC_GET"], "bench_x.push.get");
+        assert_eq!(env["TOPIC_PROFILE_UPDATES"], "bench_x.push.profile.updates");
         assert_eq!(env["KAFKA_GROUP_ID"], "bench_x.push.group");
         assert_eq!(env["REDIS_DEVICE_KEY_PREFIX"], "bench_x.push:device:");
         assert_eq!(env["KAFKA_BROKERS"], "k:1");
+        assert_eq!(env["CASSANDRA_NODES"], "c:3");
+        assert_eq!(
+            isolated_stores(&stack, "bench_x.push").cassandra_nodes,
+            ["c:3"]
+        );
     }
 }

@@ -10,11 +10,11 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
-use super::service::{isolated_env, ServiceChild};
 use super::table::{percentile, Row};
-use super::{kafka_settings, Bench, Report};
-use crate::kafka::{ensure_topics, producer};
-use crate::profile::event::parse_event;
+use super::{Bench, Report};
+use crate::service::{isolated_env, isolated_kafka, ServiceChild};
+use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::profile::event::parse_event;
 
 const POLL: Duration = Duration::from_millis(1);
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,8 +37,13 @@ fn event(device_id: &str, marker: &str) -> String {
 pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let name = bench.name("visibility");
     let env = isolated_env(&bench.stack, &name);
-    let kafka = kafka_settings(&env)?;
-    ensure_topics(&kafka, &[&kafka.topics.profile_updates]).await?;
+    let kafka = isolated_kafka(&bench.stack, &name);
+    let topic = kafka
+        .topics
+        .profile_updates
+        .first()
+        .context("no profile topic")?;
+    ensure_topics(&kafka, &[topic]).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let harness = bench.harness(&name).await?;
     let producer = producer(&kafka)?;
@@ -49,9 +54,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         let device_id = format!("{name}-v{sample}");
         let value = event(&device_id, "seen");
         let started = Instant::now();
-        let record = FutureRecord::to(&kafka.topics.profile_updates)
-            .key(&device_id)
-            .payload(&value);
+        let record = FutureRecord::to(topic).key(&device_id).payload(&value);
         producer
             .send(record, SEND_TIMEOUT)
             .await

@@ -7,9 +7,9 @@ use anyhow::Context;
 use redis::AsyncCommands;
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::config::StoreSettings;
-use crate::observe::Metrics;
-use crate::stores::{CassandraStore, ProfileStores, RedisStore};
+use hawkeye_customer_cache::config::StoreSettings;
+use hawkeye_customer_cache::observe::Metrics;
+use hawkeye_customer_cache::stores::{CassandraStore, ProfileStores, RedisStore};
 
 pub struct Harness {
     pub redis: RedisStore,

@@ -12,13 +12,13 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
-use super::service::{isolated_env, Memory, ServiceChild};
 use super::table::{median, thousands, Row};
-use super::{kafka_settings, Bench, Report, MEMORY_TARGET_MIB};
-use crate::config::KafkaSettings;
-use crate::kafka::{ensure_topics, producer};
-use crate::profile::event::parse_event;
-use crate::profile::{merge, ProfileUpdate, TextField};
+use super::{Bench, Report, MEMORY_TARGET_MIB};
+use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
+use hawkeye_customer_cache::config::KafkaSettings;
+use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::profile::event::parse_event;
+use hawkeye_customer_cache::profile::{merge, ProfileUpdate, TextField};
 
 /// Version (`api_last_updated_on`) of event 0; event `i` has `BASE_VERSION_MS + i`.
 const BASE_VERSION_MS: i64 = 1_700_000_000_000;
@@ -172,7 +172,7 @@ async fn service_run(bench: &Bench, rep: usize) -> anyhow::Result<ServiceRun> {
     let sizes = &bench.sizes;
     let name = bench.name(&format!("push{rep}"));
     let env = isolated_env(&bench.stack, &name);
-    let kafka = kafka_settings(&env)?;
+    let kafka = isolated_kafka(&bench.stack, &name);
     produce(&kafka, &name, sizes.push_events, sizes.push_devices).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let (started, first) = wait_for_acknowledged(&service, 1).await?;
@@ -200,7 +200,11 @@ async fn produce(
     events: usize,
     devices: usize,
 ) -> anyhow::Result<()> {
-    let topic = kafka.topics.profile_updates.as_str();
+    let topic = kafka
+        .topics
+        .profile_updates
+        .first()
+        .context("no profile topic")?;
     ensure_topics(kafka, &[topic]).await?;
     let producer = producer(kafka)?;
     futures::stream::iter(0..events)
