@@ -650,6 +650,20 @@ pub struct ServeSettings {
         value_parser = Rule(reply_max_bytes)
     )]
     pub reply_max_bytes: usize,
+    /// Only reply topics this regular expression matches whole (`kafka_replyTopic`); the
+    /// service's own input topics are refused in any case [default: any other topic].
+    #[arg(long, env = "REPLY_TOPICS_ALLOWED", value_parser = Rule(whole_name_pattern))]
+    pub reply_topics_allowed: Option<regex::Regex>,
+}
+
+fn whole_name_pattern(value: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(value.trim()).map_err(|e| {
+        let first_line = e.to_string().lines().last().unwrap_or_default().to_string();
+        format!(
+            "{value:?} is not a regular expression ({})",
+            first_line.trim()
+        )
+    })
 }
 
 fn timezone(value: &str) -> Result<chrono_tz::Tz, String> {
@@ -666,6 +680,21 @@ fn reply_max_bytes(value: &str) -> Result<usize, String> {
         return Err(format!("{bytes} is below the minimum of 4096"));
     }
     Ok(bytes)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PushSettings {
+    /// How far ahead of the service's clock an event's version (`api_last_updated_on`, else
+    /// the record timestamp) or `last_contact` may be, in seconds; later ones are dead-lettered,
+    /// since they would win over every event until that time comes.
+    #[arg(
+        long = "profile-max-future-secs",
+        value_name = "PROFILE_MAX_FUTURE_SECS",
+        env = "PROFILE_MAX_FUTURE_SECS",
+        default_value = "86400",
+        value_parser = Rule(whole_seconds)
+    )]
+    pub max_future: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use hawkeye_customer_cache::cache::{client, trigger};
 use hawkeye_customer_cache::config::{
-    ApiArgs, ConfigError, HttpSettings, KafkaSettings, RefreshSettings, Rule, ServeSettings,
-    StoreArgs,
+    ApiArgs, ConfigError, HttpSettings, KafkaSettings, PushSettings, RefreshSettings, Rule,
+    ServeSettings, StoreArgs,
 };
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
@@ -90,6 +90,8 @@ struct RunArgs {
     #[command(flatten)]
     serve: ServeSettings,
     #[command(flatten)]
+    push: PushSettings,
+    #[command(flatten)]
     http: HttpSettings,
 }
 
@@ -104,6 +106,7 @@ impl RunArgs {
             bruin,
             refresh: self.refresh,
             serve: self.serve,
+            push: self.push,
             http_addr: self.http.addr,
         })
     }

@@ -16,7 +16,8 @@ use crate::cache::refresh::Refresher;
 use crate::cache::serve::GetServer;
 use crate::cache::trigger::RefreshTask;
 use crate::config::{
-    BruinSettings, HawkeyeSettings, KafkaSettings, RefreshSettings, ServeSettings, StoreSettings,
+    BruinSettings, HawkeyeSettings, KafkaSettings, PushSettings, RefreshSettings, ServeSettings,
+    StoreSettings,
 };
 use crate::kafka;
 use crate::kafka::dead_letters::KafkaDeadLetters;
@@ -37,6 +38,7 @@ pub struct RunSettings {
     pub bruin: BruinSettings,
     pub refresh: RefreshSettings,
     pub serve: ServeSettings,
+    pub push: PushSettings,
     pub http_addr: SocketAddr,
 }
 
@@ -101,7 +103,10 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
         stores: profiles.clone(),
         dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
         metrics: metrics.clone(),
-        settings: PipelineSettings::default(),
+        settings: PipelineSettings {
+            max_future: settings.push.max_future,
+            ..PipelineSettings::default()
+        },
         last_contacts,
     };
     let (_, http_server) = http::serve(

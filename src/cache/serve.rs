@@ -104,7 +104,6 @@ impl GetServer {
             producer,
             reader: CacheReader::new(redis.connection(), keys),
             metrics,
-            serve,
             reply_topics: ReplyTopics {
                 default: kafka.topics.reply.clone(),
                 inputs: [&kafka.topics.get, &kafka.topics.refresh]
@@ -112,8 +111,9 @@ impl GetServer {
                     .chain(&kafka.topics.profile_updates)
                     .cloned()
                     .collect(),
-                allowed: None,
+                allowed: serve.reply_topics_allowed.clone(),
             },
+            serve,
             reply_budget: Arc::new(Semaphore::new(BUDGET_UNITS as usize)),
         })
     }

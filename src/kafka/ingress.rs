@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -113,15 +114,15 @@ impl Ingress {
         message
     }
 
-    /// Waits for a first record, then takes every record already there, up to `max`; waits
-    /// at most `linger` for more.
-    pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<OwnedMessage> {
+    /// Waits for a first record, then takes every record already received, up to `max`,
+    /// without waiting for more: a lone event is written at once, and batches grow only when
+    /// records arrive faster than they are written.
+    pub async fn next_batch(&self, max: usize) -> Vec<OwnedMessage> {
         let mut batch = vec![self.recv().await];
-        let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.recv()).await {
-                Ok(message) => batch.push(message),
-                Err(_) => break,
+            match self.recv().now_or_never() {
+                Some(message) => batch.push(message),
+                None => break,
             }
         }
         batch

@@ -1,8 +1,17 @@
 //! The device profile push (`CONTRACT.md` §3): Kafka events → Redis and Cassandra, in batches,
 //! at least once. A batch is parsed, its rejects dead-lettered, its updates merged per device
-//! and written to both stores at once; only then are its offsets stored. Failures are retried
-//! with capped backoff while the partitions are paused, forever or until shutdown.
+//! and written to both stores at once; only then are its offsets stored.
+//!
+//! No single event may stop the stream, and no outage may skip one:
+//! * a failure that is not about one event (a store or broker away, a server busy) is retried
+//!   forever with backoff while the partitions are paused;
+//! * a store that refuses a device for good (a key that is not a hash, a value it will not
+//!   store) is tried a few times, then the batch is narrowed to the events that cause it: each
+//!   event of that device is written alone, and only the ones refused alone are dead-lettered;
+//! * a dead letter the dead-letter topic refuses for good is counted, logged and skipped.
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +20,12 @@ use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::event::{parse_event, Rejection};
+use super::event::{check_not_ahead, parse_event, Rejection};
 use super::{merge, LastContactSink, ProfileUpdate};
-use crate::kafka::dead_letters::DeadLetters;
+use crate::kafka::dead_letters::{self, DeadLetters};
 use crate::kafka::ingress::Ingress;
 use crate::observe::Metrics;
+use crate::retry::{Failure, Retry, RetryPolicy, Wait};
 use crate::stores::{ProfileStores, StoreError};
 
 /// Batching and retry knobs.
@@ -23,19 +33,21 @@ use crate::stores::{ProfileStores, StoreError};
 pub struct PipelineSettings {
     /// Most events per batch.
     pub max_batch: usize,
-    /// How long a batch waits for more events after its first.
-    pub linger: Duration,
-    pub first_backoff: Duration,
-    pub max_backoff: Duration,
+    /// Backoff of the retries while the stores or the broker are away (forever).
+    pub retry: RetryPolicy,
+    /// Writes of a device a store refuses before its events are dead-lettered.
+    pub refusals_before_dead_letter: u32,
+    /// `PROFILE_MAX_FUTURE_SECS`.
+    pub max_future: Duration,
 }
 
 impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
             max_batch: 2000,
-            linger: Duration::from_millis(50),
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
+            retry: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5)),
+            refusals_before_dead_letter: 3,
+            max_future: Duration::from_secs(86_400),
         }
     }
 }
@@ -53,6 +65,9 @@ pub struct ProfilePipeline {
 /// The batch was given up because the service is shutting down; its offsets stay unstored.
 struct Abandoned;
 
+/// An accepted event: its record and what it changes.
+type Accepted<'a> = (&'a OwnedMessage, ProfileUpdate);
+
 impl ProfilePipeline {
     /// Runs until `shutdown`; then commits the offsets stored so far.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -60,7 +75,7 @@ impl ProfilePipeline {
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                batch = self.consumer.next_batch(self.settings.max_batch, self.settings.linger) => batch,
+                batch = self.consumer.next_batch(self.settings.max_batch) => batch,
             };
             if self.process(&batch, &shutdown).await.is_err() {
                 tracing::info!(
@@ -86,14 +101,24 @@ impl ProfilePipeline {
             .profile_events_consumed
             .inc_by(batch.len() as u64);
         self.metrics.profile_batch_size.observe(batch.len() as f64);
-        let (updates, rejects) = self.parse(batch);
+        let (accepted, rejects) = self.parse(batch);
         for (message, rejection) in &rejects {
-            self.dead_letter(message, rejection, shutdown).await?;
+            let reason = rejection.to_string();
+            self.dead_letter(message, &reason, rejection.kind(), shutdown)
+                .await?;
         }
-        let merged = merge::merge(updates);
-        let devices = merged.len();
-        self.write(&merged, shutdown).await?;
-        self.push_last_contacts(&merged, shutdown).await?;
+        let refused = self.write(&accepted, shutdown).await?;
+        for (message, error) in &refused {
+            self.dead_letter(message, &error.to_string(), "store_refused", shutdown)
+                .await?;
+        }
+        let written = merge::merge(
+            accepted
+                .into_iter()
+                .filter(|(message, _)| !refused.iter().any(|(r, _)| std::ptr::eq(*r, *message)))
+                .map(|(_, update)| update),
+        );
+        self.push_last_contacts(&written, shutdown).await?;
         let now_ms = Utc::now().timestamp_millis();
         for message in batch {
             if let Some(produced_ms) = message.timestamp().to_millis() {
@@ -103,8 +128,8 @@ impl ProfilePipeline {
         }
         tracing::debug!(
             events = batch.len(),
-            dead_lettered = rejects.len(),
-            writes = devices,
+            dead_lettered = rejects.len() + refused.len(),
+            writes = written.len(),
             "batch written to Redis and Cassandra"
         );
         Ok(())
@@ -113,96 +138,166 @@ impl ProfilePipeline {
     fn parse<'a>(
         &self,
         batch: &'a [OwnedMessage],
-    ) -> (Vec<ProfileUpdate>, Vec<(&'a OwnedMessage, Rejection)>) {
-        let mut updates = Vec::with_capacity(batch.len());
+    ) -> (Vec<Accepted<'a>>, Vec<(&'a OwnedMessage, Rejection)>) {
+        let now = Utc::now();
+        let mut accepted = Vec::with_capacity(batch.len());
         let mut rejects = Vec::new();
         for message in batch {
             // Events without api_last_updated_on are ordered by their record timestamp.
             let record_version = message
                 .timestamp()
                 .to_millis()
-                .unwrap_or_else(|| Utc::now().timestamp_millis());
-            match parse_event(message.payload().unwrap_or_default(), record_version) {
+                .unwrap_or_else(|| now.timestamp_millis());
+            let parsed = match message.payload() {
+                None => Err(Rejection::Tombstone),
+                Some(value) => parse_event(value, record_version).and_then(|event| {
+                    check_not_ahead(&event.update, now, self.settings.max_future)?;
+                    Ok(event)
+                }),
+            };
+            match parsed {
                 Ok(event) => {
                     self.metrics
                         .profile_unknown_fields
                         .inc_by(event.unknown_fields as u64);
-                    updates.push(event.update);
+                    accepted.push((message, event.update));
                 }
                 Err(rejection) => rejects.push((message, rejection)),
             }
         }
-        (updates, rejects)
+        (accepted, rejects)
     }
 
+    /// Sends `message` to the dead-letter topic; a letter refused for good is counted as
+    /// dropped, logged and skipped.
     async fn dead_letter(
         &self,
         message: &OwnedMessage,
-        rejection: &Rejection,
+        reason: &str,
+        kind: &'static str,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let reason = rejection.to_string();
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),
             offset = message.offset(),
-            reason = %reason,
+            reason,
             "device profile event rejected, sent to the dead-letter topic"
         );
-        let dead_letters = self.dead_letters.clone();
-        retry(
-            &self.consumer,
-            &self.settings,
-            shutdown,
-            "dead-letter topic",
-            || dead_letters.send(message, &reason),
-            |_| {
+        let dead_letters = &self.dead_letters;
+        let sent = self
+            .retry(
+                "dead-letter topic",
+                || dead_letters.send(message, reason),
+                |error| Failure::of(dead_letters::is_transient(error)),
+                |_| {
+                    self.metrics
+                        .store_write_retries
+                        .with_label_values(&["kafka_dlq"])
+                        .inc()
+                },
+                shutdown,
+            )
+            .await?;
+        match sent {
+            Ok(()) => self
+                .metrics
+                .profile_events_dead_lettered
+                .with_label_values(&[kind])
+                .inc(),
+            Err(refused) => {
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    reason,
+                    error = %refused,
+                    "the dead-letter topic refused the event for good; event skipped"
+                );
                 self.metrics
-                    .store_write_retries
-                    .with_label_values(&["kafka_dlq"])
-                    .inc()
-            },
-        )
-        .await?;
-        self.metrics
-            .profile_events_dead_lettered
-            .with_label_values(&[rejection.kind()])
-            .inc();
+                    .profile_events_dropped
+                    .with_label_values(&["dead_letter_refused"])
+                    .inc();
+            }
+        }
         Ok(())
     }
 
-    async fn write(
+    /// Writes the accepted events; returns those a store refused for good, with why.
+    async fn write<'a>(
         &self,
-        updates: &[ProfileUpdate],
+        accepted: &[Accepted<'a>],
         shutdown: &CancellationToken,
-    ) -> Result<(), Abandoned> {
-        if updates.is_empty() {
-            return Ok(());
+    ) -> Result<Vec<(&'a OwnedMessage, StoreError)>, Abandoned> {
+        let merged = merge::merge(accepted.iter().map(|(_, update)| update.clone()));
+        let refused_devices = self.write_settled(merged, shutdown).await?;
+        // Narrowed to the events: each event of a refused device is written alone (writes
+        // are order-independent), so that only the ones refused alone are dead-lettered.
+        let mut refused = Vec::new();
+        let of_refused_devices = accepted
+            .iter()
+            .filter(|(_, update)| refused_devices.contains_key(&update.device_id));
+        for (message, update) in of_refused_devices {
+            let alone = merge::merge([update.clone()]);
+            if let Some(error) = self
+                .write_settled(alone, shutdown)
+                .await?
+                .into_values()
+                .next()
+            {
+                refused.push((*message, error));
+            }
         }
-        let stores = &self.stores;
-        let metrics = &self.metrics;
-        retry(
-            &self.consumer,
-            &self.settings,
-            shutdown,
-            "profile stores",
-            || stores.upsert(updates),
-            |error: &StoreError| {
-                let store = match error {
-                    StoreError::Redis(_) => "redis",
-                    StoreError::Cassandra(_) => "cassandra",
-                };
-                metrics
-                    .store_write_retries
-                    .with_label_values(&[store])
-                    .inc();
-            },
-        )
-        .await
-        .map(|_| ())
+        Ok(refused)
     }
 
-    /// Retried like the store writes, so an offset is stored only once the cache has the push.
+    /// Writes `updates` until every device is written or was refused
+    /// `refusals_before_dead_letter` times; returns the refused devices with the last refusal.
+    async fn write_settled(
+        &self,
+        mut pending: Vec<ProfileUpdate>,
+        shutdown: &CancellationToken,
+    ) -> Result<BTreeMap<String, StoreError>, Abandoned> {
+        let mut refused = BTreeMap::new();
+        for _ in 0..self.settings.refusals_before_dead_letter {
+            if pending.is_empty() {
+                break;
+            }
+            let stores = &self.stores;
+            let metrics = &self.metrics;
+            // Failures of the whole call are not about one event (per-device refusals come
+            // back in its result): retried until they pass.
+            let outcomes = self
+                .retry(
+                    "profile stores",
+                    || stores.upsert(&pending),
+                    |_: &StoreError| Failure::Transient,
+                    |retry| {
+                        metrics
+                            .store_write_retries
+                            .with_label_values(&[retry.error.store()])
+                            .inc()
+                    },
+                    shutdown,
+                )
+                .await?
+                .unwrap_or_default();
+            refused.clear();
+            let mut again = Vec::new();
+            for (update, outcome) in pending.into_iter().zip(outcomes) {
+                if let Err(error) = outcome {
+                    refused.insert(update.device_id.clone(), error);
+                    again.push(update);
+                }
+            }
+            pending = again;
+        }
+        Ok(refused)
+    }
+
+    /// Retried like the store writes, so an offset is stored only once the sink has the
+    /// pushes; a sink that refuses for good (its key is not a hash) is logged and skipped:
+    /// the next refresh brings the cache up to date.
     async fn push_last_contacts(
         &self,
         updates: &[ProfileUpdate],
@@ -210,66 +305,80 @@ impl ProfilePipeline {
     ) -> Result<(), Abandoned> {
         let sink = &self.last_contacts;
         let metrics = &self.metrics;
-        retry(
-            &self.consumer,
-            &self.settings,
-            shutdown,
-            "last_contact sink",
-            || sink.push(updates),
-            |_: &StoreError| {
-                metrics
-                    .store_write_retries
-                    .with_label_values(&["redis"])
-                    .inc()
-            },
-        )
-        .await
+        let pushed = self
+            .retry(
+                "last_contact sink",
+                || sink.push(updates),
+                |error: &StoreError| Failure::of(error.is_transient()),
+                |_| {
+                    metrics
+                        .store_write_retries
+                        .with_label_values(&["redis"])
+                        .inc()
+                },
+                shutdown,
+            )
+            .await?;
+        if let Err(refused) = pushed {
+            tracing::warn!(error = %refused, "last_contact pushes refused; left to the next refresh");
+        }
+        Ok(())
+    }
+
+    /// Runs `call` with the pipeline's retry policy: waits between attempts with the
+    /// partitions paused and polled (so the instance stays in its group), resumes them after.
+    /// Logs once when failures start and once when they end. `Ok(Err)`: failed for good.
+    async fn retry<T, E, Fut>(
+        &self,
+        what: &'static str,
+        call: impl FnMut() -> Fut,
+        classify: impl Fn(&E) -> Failure,
+        mut on_retry: impl FnMut(&Retry<'_, E>),
+        shutdown: &CancellationToken,
+    ) -> Result<Result<T, E>, Abandoned>
+    where
+        E: Display,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut paused = Paused {
+            ingress: &self.consumer,
+            waits: 0,
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Abandoned),
+            result = self.settings.retry.run(
+                call,
+                classify,
+                |retry| {
+                    on_retry(retry);
+                    if retry.failures == 1 {
+                        tracing::error!(what, error = %retry.error, "write failed; pausing partitions and retrying until it succeeds");
+                    }
+                },
+                &mut paused,
+            ) => result,
+        };
+        if paused.waits > 0 {
+            self.consumer.resume();
+            tracing::warn!(
+                what,
+                failures = paused.waits,
+                "writes go through again; partitions resumed"
+            );
+        }
+        Ok(result)
     }
 }
 
-/// Runs `attempt` until it succeeds, with capped exponential backoff. Between attempts the
-/// consumer's partitions are paused and polled (so the instance stays in its group); they are
-/// resumed after a success. Logs once when the outage starts and once when it ends.
-async fn retry<T, E, F, Fut>(
-    consumer: &Ingress,
-    settings: &PipelineSettings,
-    shutdown: &CancellationToken,
-    what: &str,
-    mut attempt: F,
-    mut on_failure: impl FnMut(&E),
-) -> Result<T, Abandoned>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = settings.first_backoff;
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return Err(Abandoned),
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => {
-                if failures > 0 {
-                    consumer.resume();
-                    tracing::warn!(what, failures, "writes succeed again; partitions resumed");
-                }
-                return Ok(value);
-            }
-            Err(error) => {
-                on_failure(&error);
-                if failures == 0 {
-                    tracing::error!(what, error = %error, "write failed; pausing partitions and retrying until it succeeds");
-                }
-                failures += 1;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Abandoned),
-                    _ = consumer.poll_while_paused(backoff) => {}
-                }
-                backoff = (backoff * 2).min(settings.max_backoff);
-            }
-        }
+/// Waits between attempts by polling the paused partitions.
+struct Paused<'a> {
+    ingress: &'a Ingress,
+    waits: u32,
+}
+
+impl Wait for &mut Paused<'_> {
+    fn wait(&mut self, delay: Duration) -> impl Future<Output = ()> + Send {
+        self.waits += 1;
+        self.ingress.poll_while_paused(delay)
     }
 }

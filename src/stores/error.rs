@@ -59,6 +59,14 @@ impl StoreError {
         }))
     }
 
+    /// `redis` or `cassandra`: the `store` label of metrics.
+    pub fn store(&self) -> &'static str {
+        match self {
+            StoreError::Redis(_) => "redis",
+            StoreError::Cassandra(_) => "cassandra",
+        }
+    }
+
     /// Whether the same call may succeed later unchanged (see the module's rule).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -28,5 +28,6 @@ mod poison;
 mod rebalance;
 mod redis_auth;
 mod refresh_faults;
+mod refusals;
 mod requests;
 mod secrets;

@@ -46,7 +46,8 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
         versions: 1,
     };
     assert_all_latest(&env, &first, WAIT).await;
-    let committed_before = committed_records(&env["KAFKA_GROUP_ID"], &topic).await;
+    let committed_before =
+        committed_records(&format!("{}.profiles", env["KAFKA_GROUP_ID"]), &topic).await;
     let produced_before = topic_records(&topic).await;
 
     let stopped = StoppedServer::stop(server);
@@ -71,7 +72,8 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     tokio::time::sleep(outage).await;
     if store_label.is_some() {
         // Nothing written during the outage may be committed: at most what was before it.
-        let committed = committed_records(&env["KAFKA_GROUP_ID"], &topic).await;
+        let committed =
+            committed_records(&format!("{}.profiles", env["KAFKA_GROUP_ID"]), &topic).await;
         assert!(
             committed <= produced_before,
             "{server} down: {committed} records committed, but only {produced_before} \

@@ -103,10 +103,19 @@ pub async fn send_request(
 
 /// Creates a topic with `partitions` partitions.
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_with(name, partitions, &[]).await;
+}
+
+/// Creates a topic with `partitions` partitions and topic-level settings.
+pub async fn create_topic_with(name: &str, partitions: i32, settings: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = kafka_config().create().expect("admin");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in settings {
+        topic = topic.set(key, value);
+    }
     let results = admin
         .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &[topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await

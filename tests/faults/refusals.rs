@@ -1,0 +1,174 @@
+//! Scenario 11: events that pass validation but can never be written, 1% among good ones: an
+//! event for a device whose Redis key is someone's string (the script fails with `WRONGTYPE`
+//! every time), a version dated ten days ahead, a tombstone, and a value larger than the
+//! dead-letter topic takes (the source topic allows 5 MB; the bytes do not compress). Every
+//! good event lands in both stores, every bad one is in the dead-letter topic with its reason
+//! (the oversized one without its value, saying so), the foreign keys are left alone, nothing
+//! is dropped and the stream never stalls.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::common::cache_fixture::redis_connection;
+use crate::common::profiles::{header, producer, TopicReader};
+use crate::common::request_reply::{create_topic_with, metric};
+use crate::common::service::isolated_env;
+use crate::common::ServiceProcess;
+use crate::harness::{
+    assert_all_latest, produce_all, size, topic_records, Figures, VersionedStream,
+};
+
+/// What a bad event is, and what its dead letter must show.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bad {
+    ForeignKey,
+    AheadOfClock,
+    Tombstone,
+    Oversized,
+}
+
+const KINDS: [Bad; 4] = [
+    Bad::ForeignKey,
+    Bad::AheadOfClock,
+    Bad::Tombstone,
+    Bad::Oversized,
+];
+
+#[tokio::test]
+#[ignore = "fault suite: run serially by scripts/test (cargo test --test faults -- --ignored)"]
+async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_on() {
+    let started = Instant::now();
+    let stream = VersionedStream::new("refusals", size(1_000, 10_000), 2);
+    let env = isolated_env();
+    let topic = env["TOPIC_PROFILE_UPDATES"].clone();
+    create_topic_with(&topic, 3, &[("max.message.bytes", "5000000")]).await;
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let mut redis = redis_connection().await;
+    let prefix = env["REDIS_DEVICE_KEY_PREFIX"].clone();
+
+    let mut events = Vec::new();
+    let mut tombstones = Vec::new();
+    let mut bad: HashMap<String, (Bad, Option<Vec<u8>>)> = HashMap::new();
+    for (index, event) in stream.events().into_iter().enumerate() {
+        events.push(event);
+        if index % 100 != 99 {
+            continue;
+        }
+        let kind = KINDS[bad.len() % KINDS.len()];
+        let key = format!("bad-{}-{index}", stream.devices[0]);
+        let value = match kind {
+            Bad::ForeignKey => {
+                let () = redis
+                    .set(format!("{prefix}{key}"), "foreign")
+                    .await
+                    .unwrap();
+                Some(
+                    json!({"device_id": key, "city": "x"})
+                        .to_string()
+                        .into_bytes(),
+                )
+            }
+            Bad::AheadOfClock => {
+                let in_ten_days = chrono::Utc::now().timestamp_millis() + 10 * 86_400_000;
+                let event = json!({"device_id": key, "api_last_updated_on": in_ten_days});
+                Some(event.to_string().into_bytes())
+            }
+            Bad::Tombstone => None,
+            Bad::Oversized => {
+                let mut noise = vec![0u8; 1_500_000];
+                rand::rng().fill_bytes(&mut noise);
+                Some(noise)
+            }
+        };
+        match &value {
+            Some(value) => events.push((key.clone(), value.clone())),
+            None => tombstones.push(key.clone()),
+        }
+        bad.insert(key, (kind, value));
+    }
+    let producer = producer();
+    produce_all(&producer, &topic, &events).await;
+    for key in &tombstones {
+        let tombstone: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).key(key);
+        producer
+            .send(tombstone, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("tombstone delivered");
+    }
+
+    let stored = assert_all_latest(&env, &stream, Duration::from_secs(180)).await;
+    let letters = TopicReader::from_beginning(&env["TOPIC_PROFILE_DLQ"])
+        .take(bad.len(), Duration::from_secs(120))
+        .await;
+    for letter in &letters {
+        let key = String::from_utf8_lossy(letter.key().expect("the original key")).into_owned();
+        let (kind, value) = bad
+            .get(&key)
+            .unwrap_or_else(|| panic!("a good event was dead-lettered: {key}"));
+        let reason = header(letter, "error.reason").expect("error.reason");
+        let expected = match kind {
+            Bad::ForeignKey => "WRONGTYPE",
+            Bad::AheadOfClock => "ahead of the service's clock",
+            Bad::Tombstone => "tombstone: a null value",
+            Bad::Oversized => "larger than the limit",
+        };
+        assert!(reason.contains(expected), "{key} ({kind:?}): {reason:?}");
+        if *kind == Bad::ForeignKey {
+            assert!(reason.starts_with("redis: "), "names the store: {reason:?}");
+        }
+        if *kind == Bad::Oversized {
+            assert_eq!(letter.payload(), None, "{key}: sent without the value");
+            assert_eq!(
+                header(letter, "error.value.truncated").as_deref(),
+                Some("true")
+            );
+            assert_eq!(
+                header(letter, "error.value.bytes").as_deref(),
+                Some("1500000")
+            );
+        } else {
+            assert_eq!(
+                letter.payload(),
+                value.as_deref(),
+                "{key}: the original bytes"
+            );
+        }
+    }
+    let dead_lettered = topic_records(&env["TOPIC_PROFILE_DLQ"]).await as usize;
+    assert_eq!(
+        dead_lettered,
+        bad.len(),
+        "exactly the bad events are dead-lettered"
+    );
+    for (key, (kind, _)) in &bad {
+        if *kind == Bad::ForeignKey {
+            let kept: String = redis.get(format!("{prefix}{key}")).await.unwrap();
+            assert_eq!(kept, "foreign", "{key}: the foreign key is left alone");
+        }
+    }
+    let dropped =
+        "hawkeye_customer_cache_profile_events_dropped_total{reason=\"dead_letter_refused\"}";
+    assert_eq!(metric(&service, dropped).await, 0.0, "nothing dropped");
+    assert!(
+        service.terminate().await.success(),
+        "the consumer is still running"
+    );
+    Figures {
+        scenario: "refusals mix (1%: foreign key, ahead of clock, tombstone, oversized letter)",
+        produced: events.len() + tombstones.len(),
+        stored,
+        dead_lettered,
+        lost: 0,
+        faults: bad.len(),
+        started,
+    }
+    .print();
+}
