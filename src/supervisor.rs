@@ -34,8 +34,12 @@ impl Supervisor {
     /// drained. `Err` names the task that ended before shutdown.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let early = tokio::select! {
+            biased;
             () = self.shutdown.cancelled() => None,
-            Some(ended) = self.tasks.join_next_with_id() => Some(self.describe(ended)),
+            Some(ended) = self.tasks.join_next_with_id() => {
+                // Tasks end soon after shutdown: one that ended after it was asked to is not early.
+                (!self.shutdown.is_cancelled()).then(|| self.describe(ended))
+            }
         };
         if let Some(reason) = &early {
             tracing::error!(

@@ -363,7 +363,7 @@ impl ProfilePipeline {
             tracing::warn!(
                 what,
                 failures = paused.waits,
-                "writes go through again; partitions resumed"
+                "writes succeed again; partitions resumed"
             );
         }
         Ok(result)
