@@ -216,6 +216,10 @@ impl Stores {
 
     /// Each device's hash and versions companion hash (empty when missing), in one round trip.
     async fn hashes(&self, device_ids: &[&str]) -> Result<Vec<RedisHashes>, StoreError> {
+        // Redis refuses an empty pipeline; a token range may have no rows.
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipeline = redis::pipe();
         for device_id in device_ids {
             pipeline
