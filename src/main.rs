@@ -1,5 +1,5 @@
-//! The command line: `run` the service, and the operator's clients `refresh`, `get` and
-//! `profile publish`.
+//! The command line: `run` the service, and the operator's clients `refresh`, `get`,
+//! `profile publish`, `profile rebuild-redis` and `profile verify`.
 
 use std::process::ExitCode;
 
@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 use hawkeye_customer_cache::cache::{client, trigger};
 use hawkeye_customer_cache::config::{
     ApiArgs, ConfigError, HttpSettings, KafkaSettings, PushSettings, RefreshSettings, Rule,
-    ServeSettings, StoreArgs,
+    ServeSettings, StoreArgs, StoreSettings,
 };
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
+use hawkeye_customer_cache::stores::{rebuild, verify};
 use hawkeye_customer_cache::{observe, shutdown};
 
 #[derive(Parser)]
@@ -41,6 +42,23 @@ enum ProfileCommand {
     /// Produce device profile events (JSON objects, one per line) to the first topic of
     /// TOPIC_PROFILE_UPDATES, keyed by device_id; prints how many were sent.
     Publish(Box<PublishArgs>),
+    /// Rebuild every device's Redis hash (and its versions hash) from Cassandra's
+    /// device_profile, through the service's own upsert: safe while the service runs. Prints
+    /// `rebuilt N devices in S s`.
+    RebuildRedis(Box<StoreArgs>),
+    /// Compare every device in Redis and Cassandra field by field; prints how many differ and
+    /// the first differences. Exit code 0 when they agree, 1 when they differ.
+    Verify(Box<VerifyArgs>),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    stores: StoreArgs,
+    /// Write each differing device from each store into the other, by the merge rules; the
+    /// exit code then says whether they still differ.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(clap::Args)]
@@ -145,7 +163,81 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh(&runtime, &args),
         Command::Get(args) => get(&runtime, &args),
         Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
+        Command::Profile(ProfileCommand::RebuildRedis(args)) => match args.validate() {
+            Ok(settings) => rebuild_redis(&runtime, &settings),
+            Err(e) => bad_setting(&e),
+        },
+        Command::Profile(ProfileCommand::Verify(args)) => match args.stores.validate() {
+            Ok(settings) => verify_profiles(&runtime, &settings, args.repair),
+            Err(e) => bad_setting(&e),
+        },
     }
+}
+
+/// `profile rebuild-redis`: progress on stderr, the summary on stdout.
+fn rebuild_redis(runtime: &tokio::runtime::Runtime, settings: &StoreSettings) -> ExitCode {
+    let rebuilt = match runtime.block_on(rebuild::rebuild_redis(settings)) {
+        Ok(rebuilt) => rebuilt,
+        Err(e) => return fail(&format!("rebuild-redis: {e}")),
+    };
+    println!(
+        "rebuilt {} devices in {:.1} s",
+        rebuilt.devices,
+        rebuilt.elapsed.as_secs_f64()
+    );
+    match rebuilt.refused.first_key_value() {
+        None => ExitCode::SUCCESS,
+        Some((device_id, error)) => fail(&format!(
+            "Redis refused {} devices, e.g. {device_id:?}: {error}",
+            rebuilt.refused.len()
+        )),
+    }
+}
+
+/// `profile verify [--repair]`: the count and the first differences on stdout.
+fn verify_profiles(
+    runtime: &tokio::runtime::Runtime,
+    settings: &StoreSettings,
+    repair: bool,
+) -> ExitCode {
+    let verified = match runtime.block_on(verify::verify(settings, repair)) {
+        Ok(verified) => verified,
+        Err(e) => return fail(&format!("verify: {e}")),
+    };
+    println!(
+        "{} of {} devices differ",
+        verified.differing.len(),
+        verified.devices_checked
+    );
+    for difference in &verified.shown {
+        println!(
+            "device {:?} field {}: redis {} cassandra {}",
+            difference.device_id,
+            difference.field,
+            shown_value(difference.redis.as_deref()),
+            shown_value(difference.cassandra.as_deref()),
+        );
+    }
+    let differing = match &verified.still_differing {
+        Some(still) => {
+            println!(
+                "repaired {} devices, {} still differ",
+                verified.differing.len() - still.len(),
+                still.len()
+            );
+            still
+        }
+        None => &verified.differing,
+    };
+    if differing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn shown_value(value: Option<&str>) -> String {
+    value.map_or_else(|| "(none)".to_string(), |value| format!("{value:?}"))
 }
 
 /// Exit code of `get` when no reply came (timeout, Kafka unreachable).

@@ -8,8 +8,9 @@
 
 use redis::{ErrorKind, RedisError};
 use scylla::errors::{
-    DbError, ExecutionError, MetadataError, NewSessionError, PrepareError, RequestAttemptError,
-    SchemaAgreementError, UseKeyspaceError,
+    DbError, DeserializationError, ExecutionError, IntoRowsResultError, MetadataError,
+    NewSessionError, PrepareError, RequestAttemptError, RowsError, SchemaAgreementError,
+    UseKeyspaceError,
 };
 
 /// A store call that failed. Texts never include credentials.
@@ -49,6 +50,13 @@ pub enum CassandraCause {
     /// A write of a column the service prepared no statement for: a bug, never retried.
     #[error("no prepared update for column {0}")]
     UnpreparedColumn(&'static str),
+    /// An answer that is not the rows asked for, or rows of unexpected types.
+    #[error(transparent)]
+    IntoRows(#[from] IntoRowsResultError),
+    #[error(transparent)]
+    Rows(#[from] RowsError),
+    #[error(transparent)]
+    Deserialization(#[from] DeserializationError),
 }
 
 impl StoreError {
@@ -130,7 +138,11 @@ impl CassandraCause {
             CassandraCause::Prepare(error) => prepare_is_transient(error),
             CassandraCause::UseKeyspace(error) => use_keyspace_is_transient(error),
             CassandraCause::SchemaAgreement(error) => schema_agreement_is_transient(error),
-            CassandraCause::Tls(_) | CassandraCause::UnpreparedColumn(_) => false,
+            CassandraCause::Tls(_)
+            | CassandraCause::UnpreparedColumn(_)
+            | CassandraCause::IntoRows(_)
+            | CassandraCause::Rows(_)
+            | CassandraCause::Deserialization(_) => false,
         }
     }
 }

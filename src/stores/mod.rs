@@ -3,7 +3,11 @@
 pub mod cassandra;
 mod error;
 pub mod profiles;
+pub mod rebuild;
 pub mod redis;
+pub mod scan;
+pub mod stored_profile;
+pub mod verify;
 
 pub use self::cassandra::CassandraStore;
 pub use self::error::{CassandraCause, CassandraError, StoreError};

@@ -167,3 +167,39 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }
+
+/// The device's versions companion hash (empty when missing).
+pub async fn redis_versions(
+    env: &HashMap<String, String>,
+    device_id: &str,
+) -> HashMap<String, String> {
+    let key = format!("versions:{}{device_id}", env["REDIS_DEVICE_KEY_PREFIX"]);
+    redis_connection()
+        .await
+        .hgetall(key)
+        .await
+        .expect("HGETALL")
+}
+
+/// Deletes the device's hash and versions hash: only these keys, the Redis is shared.
+pub async fn delete_redis_device(env: &HashMap<String, String>, device_id: &str) {
+    let key = format!("{}{device_id}", env["REDIS_DEVICE_KEY_PREFIX"]);
+    let _: () = redis_connection()
+        .await
+        .del(&[format!("versions:{key}"), key])
+        .await
+        .expect("DEL");
+}
+
+/// The isolated environment with a keyspace of the test's own, for tests that read or write
+/// the whole `device_profile` table; drop it with [`drop_keyspace`].
+pub fn env_with_own_keyspace() -> HashMap<String, String> {
+    let mut env = super::service::isolated_env();
+    env.insert("CASSANDRA_KEYSPACE".into(), unique("hcc_ops"));
+    env
+}
+
+pub async fn drop_keyspace(session: &Session, env: &HashMap<String, String>) {
+    let cql = format!("DROP KEYSPACE IF EXISTS {}", env["CASSANDRA_KEYSPACE"]);
+    session.query_unpaged(cql, ()).await.expect("DROP KEYSPACE");
+}

@@ -147,3 +147,30 @@ pub async fn run_to_exit(env: &HashMap<String, String>, timeout: Duration) -> (i
         .collect();
     (output.status.code().unwrap_or(-1), stderr)
 }
+
+/// Runs `hawkeye-customer-cache {args}` to completion with `env`; returns its exit code,
+/// stdout and stderr.
+pub async fn run_command(
+    args: &[&str],
+    env: &HashMap<String, String>,
+    timeout: Duration,
+) -> (i32, String, String) {
+    let output = tokio::time::timeout(
+        timeout,
+        Command::new(BINARY)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{args:?} did not exit within {timeout:?}"))
+    .expect("cannot run the service binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

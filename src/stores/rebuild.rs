@@ -1,0 +1,75 @@
+//! `profile rebuild-redis`: every device's Redis hash and versions companion hash rebuilt from
+//! `device_profile`. Each row becomes the updates that would have produced it
+//! ([`StoredProfile::updates`]), written through the service's own Redis upsert: a field
+//! already newer in Redis (an event the running service wrote meanwhile) stays, an older one is
+//! replaced, so the rebuild may run beside the service and loses no event.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::redis::ProfileWriter;
+use super::scan::{with_progress, ProfileScan};
+use super::{CassandraStore, RedisStore, StoreError};
+use crate::config::StoreSettings;
+
+/// How often the progress line is printed.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What a rebuild did.
+#[derive(Debug)]
+pub struct Rebuilt {
+    pub devices: u64,
+    /// Devices Redis refused for good (a key that is not a hash), with why.
+    pub refused: BTreeMap<String, StoreError>,
+    pub elapsed: Duration,
+}
+
+/// Connects to both stores and rebuilds Redis from Cassandra, with a progress line on stderr.
+pub async fn rebuild_redis(settings: &StoreSettings) -> Result<Rebuilt, StoreError> {
+    let redis = ProfileWriter::load(RedisStore::connect(settings).await?).await?;
+    let scan = ProfileScan::prepare(&CassandraStore::connect(settings).await?).await?;
+    let scanned = AtomicU64::new(0);
+    let started = Instant::now();
+    let refused = with_progress(
+        "rebuild-redis",
+        &scanned,
+        PROGRESS_EVERY,
+        rebuild(&scan, &redis, &scanned),
+    )
+    .await?;
+    Ok(Rebuilt {
+        devices: scanned.into_inner(),
+        refused,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Writes every row of the scan into Redis, one pipeline per page; counts the rows in
+/// `scanned`. Returns the devices Redis refused.
+pub async fn rebuild(
+    scan: &ProfileScan,
+    redis: &ProfileWriter,
+    scanned: &AtomicU64,
+) -> Result<BTreeMap<String, StoreError>, StoreError> {
+    let refused = Mutex::new(BTreeMap::new());
+    let refused_so_far = &refused;
+    scan.for_each_page(scanned, |page| async move {
+        let updates: Vec<_> = page.iter().flat_map(|profile| profile.updates()).collect();
+        let outcomes = redis.upsert(&updates).await?;
+        let mut refused = refused_so_far
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (update, outcome) in updates.iter().zip(outcomes) {
+            if let Err(error) = outcome {
+                refused.insert(update.device_id.clone(), error);
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(refused
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
