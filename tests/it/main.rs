@@ -18,6 +18,7 @@ mod profile_order;
 mod profile_rebuild;
 mod profile_restart;
 mod profile_store_outage;
+mod profile_topics;
 mod profile_upsert;
 mod profile_verify;
 mod refresh_atomicity;
