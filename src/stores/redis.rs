@@ -59,6 +59,32 @@ impl RedisStore {
     }
 }
 
+/// Every key matching the glob `pattern`, `count` per `SCAN` round trip (keys written
+/// meanwhile may or may not be listed).
+pub async fn scan_keys(
+    connection: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor = 0_u64;
+    let mut found = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(connection)
+            .await?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
 /// Writes device profiles into Redis with the upsert script, loaded once and invoked by its
 /// SHA in one pipeline per batch.
 #[derive(Clone)]

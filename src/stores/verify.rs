@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::DateTime;
 
 use super::rebuild::PROGRESS_EVERY;
-use super::redis::{hash_value, ProfileWriter};
+use super::redis::{hash_value, scan_keys, ProfileWriter};
 use super::scan::{with_progress, ProfileScan};
 use super::stored_profile::StoredProfile;
 use super::{cassandra, CassandraStore, RedisStore, StoreError};
@@ -242,23 +242,8 @@ impl Stores {
         let prefix = self.redis.device_key("");
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut connection = self.redis.connection();
-        let mut cursor = 0_u64;
-        let mut device_ids = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut connection)
-                .await?;
-            device_ids.extend(device_ids_of(&prefix, keys));
-            if next == 0 {
-                return Ok(device_ids);
-            }
-            cursor = next;
-        }
+        let keys = scan_keys(&mut connection, &pattern, SCAN_COUNT).await?;
+        Ok(device_ids_of(&prefix, keys).collect())
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -16,7 +17,7 @@ use scylla::client::session::Session;
 use serde_json::{json, Value};
 
 use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{produce_json, producer};
+use crate::common::profiles::{produce_json, producer, TopicReader};
 use crate::common::service::run_to_exit;
 use crate::common::{cassandra_session, stack, unique, ServiceProcess};
 
@@ -412,4 +413,25 @@ impl Figures<'_> {
             self.started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// Every letter of the dead-letter topic, each with what `bad` says of its key; panics when a
+/// letter's key is not one of `bad` (a good event was dead-lettered) or letters are missing.
+pub async fn dead_letters_of<'a, T>(
+    env: &HashMap<String, String>,
+    bad: &'a HashMap<String, T>,
+) -> Vec<(String, &'a T, OwnedMessage)> {
+    let letters = TopicReader::from_beginning(&env["TOPIC_PROFILE_DLQ"])
+        .take(bad.len(), Duration::from_secs(120))
+        .await;
+    letters
+        .into_iter()
+        .map(|letter| {
+            let key = String::from_utf8_lossy(letter.key().expect("the original key")).into_owned();
+            let expected = bad
+                .get(&key)
+                .unwrap_or_else(|| panic!("a good event was dead-lettered: {key}"));
+            (key, expected, letter)
+        })
+        .collect()
 }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use serde_json::json;
 
-use crate::common::profiles::{header, producer, redis_hash, TopicReader};
+use crate::common::profiles::{header, producer, redis_hash};
 use crate::common::service::isolated_env;
 use crate::common::ServiceProcess;
 use crate::harness::{
-    assert_all_latest, produce_all, size, topic_records, Figures, VersionedStream,
+    assert_all_latest, dead_letters_of, produce_all, size, topic_records, Figures, VersionedStream,
 };
 
 /// A bad value and a word its `error.reason` must contain.
@@ -120,21 +120,14 @@ async fn a_poison_mix_is_dead_lettered_and_good_events_land() {
     produce_all(&producer(), &env["TOPIC_PROFILE_UPDATES"], &events).await;
 
     let stored = assert_all_latest(&env, &stream, Duration::from_secs(180)).await;
-    let letters = TopicReader::from_beginning(&env["TOPIC_PROFILE_DLQ"])
-        .take(bad.len(), Duration::from_secs(120))
-        .await;
-    for letter in &letters {
-        let key = String::from_utf8_lossy(letter.key().expect("the original key")).into_owned();
-        let (value, word) = bad
-            .get(&key)
-            .unwrap_or_else(|| panic!("a good event was dead-lettered: {key}"));
+    for (key, (value, word), letter) in &dead_letters_of(&env, &bad).await {
         assert!(
             letter.payload() == Some(value.as_slice()),
             "{key}: the original bytes"
         );
         let reason = header(letter, "error.reason").expect("error.reason");
         assert!(
-            reason.contains(word),
+            reason.contains(*word),
             "{key}: reason {reason:?} should say {word:?}"
         );
         assert!(

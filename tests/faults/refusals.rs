@@ -16,12 +16,12 @@ use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{header, producer, TopicReader};
+use crate::common::profiles::{header, producer};
 use crate::common::request_reply::{create_topic_with, metric};
 use crate::common::service::isolated_env;
 use crate::common::ServiceProcess;
 use crate::harness::{
-    assert_all_latest, produce_all, size, topic_records, Figures, VersionedStream,
+    assert_all_latest, dead_letters_of, produce_all, size, topic_records, Figures, VersionedStream,
 };
 
 /// What a bad event is, and what its dead letter must show.
@@ -105,14 +105,7 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
     }
 
     let stored = assert_all_latest(&env, &stream, Duration::from_secs(180)).await;
-    let letters = TopicReader::from_beginning(&env["TOPIC_PROFILE_DLQ"])
-        .take(bad.len(), Duration::from_secs(120))
-        .await;
-    for letter in &letters {
-        let key = String::from_utf8_lossy(letter.key().expect("the original key")).into_owned();
-        let (kind, value) = bad
-            .get(&key)
-            .unwrap_or_else(|| panic!("a good event was dead-lettered: {key}"));
+    for (key, &(kind, ref value), letter) in &dead_letters_of(&env, &bad).await {
         let reason = header(letter, "error.reason").expect("error.reason");
         let expected = match kind {
             Bad::ForeignKey => "WRONGTYPE",
@@ -121,10 +114,10 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
             Bad::Oversized => "larger than the limit",
         };
         assert!(reason.contains(expected), "{key} ({kind:?}): {reason:?}");
-        if *kind == Bad::ForeignKey {
+        if kind == Bad::ForeignKey {
             assert!(reason.starts_with("redis: "), "names the store: {reason:?}");
         }
-        if *kind == Bad::Oversized {
+        if kind == Bad::Oversized {
             assert_eq!(letter.payload(), None, "{key}: sent without the value");
             assert_eq!(
                 header(letter, "error.value.truncated").as_deref(),

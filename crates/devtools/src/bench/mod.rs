@@ -13,6 +13,7 @@ mod visibility;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use hawkeye_customer_cache::stores::redis::scan_keys;
 
 use crate::service::{self, Stack};
 use table::Row;
@@ -153,26 +154,12 @@ impl Bench {
             format!("{}*", self.run_id),
             format!("versions:{}*", self.run_id),
         ] {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(10_000)
-                    .query_async(&mut connection)
+            let keys = scan_keys(&mut connection, &pattern, 10_000).await?;
+            for chunk in keys.chunks(10_000) {
+                redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async::<()>(&mut connection)
                     .await?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut connection)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
         Ok(())
