@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Arg, ArgAction, Args, Command};
 use reqwest::Url;
+use scylla::statement::Consistency;
 
 /// A setting that is missing or malformed. Displays as one line naming the setting.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -263,6 +264,7 @@ fn kafka_config(raw: &str) -> Result<Vec<(String, Secret)>, String> {
 const DEFAULT_DEVICE_KEY_PREFIX: &str = "device:";
 const DEFAULT_KEYSPACE: &str = "device_db";
 const DEFAULT_ENVIRONMENT_NAME: &str = "dev";
+const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
@@ -294,7 +296,7 @@ pub struct StoreArgs {
         value_parser = Rule(cql_identifier)
     )]
     pub cassandra_keyspace: String,
-    /// Create the keyspace (SimpleStrategy RF 1) when it is missing.
+    /// Create the keyspace (with CASSANDRA_REPLICATION) when it is missing.
     #[arg(
         long,
         env = "CASSANDRA_CREATE_KEYSPACE",
@@ -332,6 +334,26 @@ pub struct StoreArgs {
         value_parser = Rule(optional_path)
     )]
     pub cassandra_tls_ca_file: std::option::Option<PathBuf>,
+    /// Consistency level of every Cassandra request (see README, "Scaling out").
+    #[arg(
+        long,
+        env = "CASSANDRA_CONSISTENCY",
+        default_value = "LOCAL_QUORUM",
+        value_parser = Rule(consistency)
+    )]
+    pub cassandra_consistency: Consistency,
+    /// Datacenter whose nodes are used (token-aware routing within it, no failover to others)
+    /// [default: any node, token-aware].
+    #[arg(long, env = "CASSANDRA_LOCAL_DC", value_parser = Rule(non_empty))]
+    pub cassandra_local_dc: Option<String>,
+    /// Replication map of the keyspace when the service creates it, as CQL.
+    #[arg(
+        long,
+        env = "CASSANDRA_REPLICATION",
+        default_value = DEFAULT_REPLICATION,
+        value_parser = Rule(replication_map)
+    )]
+    pub cassandra_replication: String,
     /// Prefix of every Redis key of the customer cache.
     #[arg(
         long,
@@ -351,6 +373,9 @@ pub struct StoreSettings {
     pub cassandra_create_keyspace: bool,
     pub cassandra_credentials: Option<(String, Secret)>,
     pub cassandra_tls: Option<CassandraTls>,
+    pub cassandra_consistency: Consistency,
+    pub cassandra_local_dc: Option<String>,
+    pub cassandra_replication: String,
     pub environment_name: String,
 }
 
@@ -366,8 +391,53 @@ impl StoreSettings {
             cassandra_create_keyspace: true,
             cassandra_credentials: None,
             cassandra_tls: None,
+            cassandra_consistency: Consistency::LocalQuorum,
+            cassandra_local_dc: None,
+            cassandra_replication: DEFAULT_REPLICATION.to_string(),
             environment_name: DEFAULT_ENVIRONMENT_NAME.to_string(),
         }
+    }
+}
+
+/// The write levels (`SERIAL`/`LOCAL_SERIAL` are for reads of lightweight transactions, which
+/// the service does not use).
+fn consistency(value: &str) -> Result<Consistency, String> {
+    let level = match value.trim().to_ascii_uppercase().as_str() {
+        "ANY" => Consistency::Any,
+        "ONE" => Consistency::One,
+        "TWO" => Consistency::Two,
+        "THREE" => Consistency::Three,
+        "QUORUM" => Consistency::Quorum,
+        "ALL" => Consistency::All,
+        "LOCAL_QUORUM" => Consistency::LocalQuorum,
+        "EACH_QUORUM" => Consistency::EachQuorum,
+        "LOCAL_ONE" => Consistency::LocalOne,
+        _ => {
+            return Err(format!(
+                "{value:?} is not a consistency level (ANY, ONE, TWO, THREE, QUORUM, ALL, \
+                 LOCAL_QUORUM, EACH_QUORUM, LOCAL_ONE)"
+            ))
+        }
+    };
+    Ok(level)
+}
+
+/// A CQL map literal naming a replication class, e.g.
+/// `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`. It goes into `CREATE KEYSPACE` as it is,
+/// so only the characters such a map needs are allowed.
+fn replication_map(value: &str) -> Result<String, String> {
+    let map = value.trim();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " {}':,_.-".contains(c);
+    if map.starts_with('{')
+        && map.ends_with('}')
+        && map.contains("'class'")
+        && map.chars().all(allowed)
+    {
+        Ok(map.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a CQL replication map such as {DEFAULT_REPLICATION}"
+        ))
     }
 }
 
@@ -392,6 +462,9 @@ impl StoreArgs {
             cassandra_nodes: self.cassandra_nodes,
             cassandra_keyspace: self.cassandra_keyspace,
             cassandra_create_keyspace: self.cassandra_create_keyspace,
+            cassandra_consistency: self.cassandra_consistency,
+            cassandra_local_dc: self.cassandra_local_dc,
+            cassandra_replication: self.cassandra_replication,
             environment_name: self.environment_name,
         })
     }
@@ -905,6 +978,35 @@ mod tests {
         assert_eq!(err.setting, "CASSANDRA_NODES");
         let err = rejected(&["--cassandra-keyspace", "drop table"]);
         assert_eq!(err.setting, "CASSANDRA_KEYSPACE");
+    }
+
+    #[test]
+    fn cassandra_cluster_settings_are_checked() {
+        let stores = |args: &[&str]| parse(args).stores.validate().unwrap();
+        let defaults = stores(&[]);
+        assert_eq!(defaults.cassandra_consistency, Consistency::LocalQuorum);
+        assert_eq!(defaults.cassandra_local_dc, None);
+        assert_eq!(defaults.cassandra_replication, DEFAULT_REPLICATION);
+        let cluster = stores(&[
+            "--cassandra-consistency",
+            "quorum",
+            "--cassandra-local-dc",
+            "dc1",
+            "--cassandra-replication",
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3}",
+        ]);
+        assert_eq!(cluster.cassandra_consistency, Consistency::Quorum);
+        assert_eq!(cluster.cassandra_local_dc.as_deref(), Some("dc1"));
+        let err = rejected(&["--cassandra-consistency", "SERIAL"]);
+        assert_eq!(err.setting, "CASSANDRA_CONSISTENCY");
+        for bad in [
+            "SimpleStrategy",
+            "{'class': 'X'}; DROP KEYSPACE k",
+            "{'rf': 1}",
+        ] {
+            let err = rejected(&["--cassandra-replication", bad]);
+            assert_eq!(err.setting, "CASSANDRA_REPLICATION", "{bad}");
+        }
     }
 
     #[test]

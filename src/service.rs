@@ -141,6 +141,9 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
 /// TLS settings when they are in use.
 fn cassandra_settings(stores: &StoreSettings) -> String {
     let mut names = vec!["CASSANDRA_NODES"];
+    if stores.cassandra_local_dc.is_some() {
+        names.push("CASSANDRA_LOCAL_DC");
+    }
     if stores.cassandra_credentials.is_some() {
         names.extend(["CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"]);
     }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod};
+use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
@@ -28,6 +30,22 @@ pub struct CassandraStore {
     keyspace: String,
 }
 
+/// Every request at `CASSANDRA_CONSISTENCY`; token-aware routing, within `CASSANDRA_LOCAL_DC`
+/// when set (no failover to another datacenter: its latency and consistency would surprise).
+fn execution_profile(settings: &StoreSettings) -> ExecutionProfileHandle {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(datacenter) = &settings.cassandra_local_dc {
+        policy = policy
+            .prefer_datacenter(datacenter.clone())
+            .permit_dc_failover(false);
+    }
+    ExecutionProfile::builder()
+        .consistency(settings.cassandra_consistency)
+        .load_balancing_policy(policy.build())
+        .build()
+        .into_handle()
+}
+
 /// OpenSSL's client defaults (peer verification on); the driver checks that the certificate
 /// names the node's IP address.
 fn tls_connector(tls: &CassandraTls) -> Result<SslConnectorBuilder, openssl::error::ErrorStack> {
@@ -43,7 +61,8 @@ impl CassandraStore {
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
         let mut builder = SessionBuilder::new()
             .known_nodes(&settings.cassandra_nodes)
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            .default_execution_profile_handle(execution_profile(settings));
         if let Some((user, password)) = &settings.cassandra_credentials {
             builder = builder.user(user, password.expose());
         }
@@ -60,18 +79,20 @@ impl CassandraStore {
             session: Arc::new(session),
             keyspace: settings.cassandra_keyspace.clone(),
         };
-        store
-            .ensure_schema(settings.cassandra_create_keyspace)
-            .await?;
+        let replication = settings
+            .cassandra_create_keyspace
+            .then_some(settings.cassandra_replication.as_str());
+        store.ensure_schema(replication).await?;
         Ok(store)
     }
 
-    async fn ensure_schema(&self, create_keyspace: bool) -> Result<(), StoreError> {
+    /// Creates the keyspace with `replication` (`None`: the keyspace must exist) and the table.
+    async fn ensure_schema(&self, replication: Option<&str>) -> Result<(), StoreError> {
         let keyspace = &self.keyspace;
-        if create_keyspace {
+        let create_keyspace = replication.is_some();
+        if let Some(replication) = replication {
             let cql = format!(
-                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-                 {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
             );
             self.session
                 .query_unpaged(cql, ())

@@ -148,3 +148,47 @@ async fn unreachable_kafka_stops_start_up_with_one_line() {
     let noise: Vec<&String> = stderr.iter().filter(|l| l.contains("librdkafka")).collect();
     assert!(noise.is_empty(), "{noise:#?}");
 }
+
+#[tokio::test]
+async fn cassandra_cluster_settings_shape_the_keyspace_and_the_routing() {
+    let mut env = isolated_env();
+    let keyspace = unique("hcc_dc");
+    env.insert("CASSANDRA_KEYSPACE".into(), keyspace.clone());
+    env.insert(
+        "CASSANDRA_REPLICATION".into(),
+        "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}".into(),
+    );
+    env.insert("CASSANDRA_LOCAL_DC".into(), "datacenter1".into());
+    env.insert("CASSANDRA_CONSISTENCY".into(), "ALL".into());
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let session = cassandra_session().await;
+    let rows = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace.as_str(),),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let (replication,): (std::collections::HashMap<String, String>,) = rows.single_row().unwrap();
+    assert!(
+        replication["class"].ends_with("NetworkTopologyStrategy"),
+        "{replication:?}"
+    );
+    assert_eq!(replication["datacenter1"], "1");
+    assert!(service.terminate().await.success());
+    session
+        .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
+        .await
+        .unwrap();
+
+    // A datacenter without nodes: start-up stops with one line naming the setting.
+    let mut elsewhere = isolated_env();
+    elsewhere.insert("CASSANDRA_LOCAL_DC".into(), "nowhere".into());
+    let (code, stderr) = run_to_exit(&elsewhere, Duration::from_secs(60)).await;
+    assert_eq!(code, 1);
+    let line = the_error_line(&stderr);
+    assert!(line.contains("CASSANDRA_LOCAL_DC"), "{line}");
+}
