@@ -4,9 +4,11 @@
 
 mod common;
 
+mod alerts_prometheus;
 mod apis_bruin;
 mod apis_hawkeye;
 mod consumer_groups;
+mod deploy_metrics;
 mod get_chunks;
 mod get_clients;
 mod get_filters;
