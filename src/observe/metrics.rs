@@ -48,7 +48,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Messages in the shared producer's queue, not yet delivered.
     pub producer_queue_messages: IntGauge,
-    /// Seconds of one Redis or Cassandra request, by store and operation.
+    /// Seconds of one call of the device profile writes to one store (an upsert: the batch's
+    /// Redis pipeline, or its Cassandra batches), by store and operation.
     pub store_request_seconds: HistogramVec,
 }
 
@@ -148,7 +149,7 @@ impl Metrics {
             store_request_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "store_request_seconds",
-                    "Seconds of one Redis or Cassandra request",
+                    "Seconds of one device profile call to Redis or Cassandra (a batch's upsert, a read)",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
