@@ -1,5 +1,5 @@
 //! The command line: `run` the service, and the operator's clients `refresh`, `get`,
-//! `profile publish`, `profile rebuild-redis` and `profile verify`.
+//! `profile publish`, `profile rebuild-redis`, `profile verify` and `profile replay-dlq`.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use hawkeye_customer_cache::config::{
     ApiArgs, ConfigError, HttpSettings, KafkaSettings, PushSettings, RefreshSettings, Rule,
     ServeSettings, StoreArgs, StoreSettings,
 };
+use hawkeye_customer_cache::kafka::replay_dlq::{self, ReplayOptions};
 use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
 use hawkeye_customer_cache::stores::{rebuild, verify};
@@ -49,6 +50,11 @@ enum ProfileCommand {
     /// Compare every device in Redis and Cassandra field by field; prints how many differ and
     /// the first differences. Exit code 0 when they agree, 1 when they differ.
     Verify(Box<VerifyArgs>),
+    /// Re-publish the dead letters of TOPIC_PROFILE_DLQ (their original key and bytes) to the
+    /// profile topic each came from, with headers replayed.from.partition and
+    /// replayed.from.offset; reads up to the end offsets at start. Letters without their
+    /// value (truncated, tombstones) are skipped and counted.
+    ReplayDlq(Box<ReplayDlqArgs>),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +65,19 @@ struct VerifyArgs {
     /// exit code then says whether they still differ.
     #[arg(long)]
     repair: bool,
+}
+
+#[derive(clap::Args)]
+struct ReplayDlqArgs {
+    #[command(flatten)]
+    kafka: KafkaSettings,
+    /// First offset to read in every partition [default: each partition's earliest].
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Print one line per dead letter (partition/offset, key, reason, what would be done) and
+    /// send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +190,33 @@ fn main() -> ExitCode {
             Ok(settings) => verify_profiles(&runtime, &settings, args.repair),
             Err(e) => bad_setting(&e),
         },
+        Command::Profile(ProfileCommand::ReplayDlq(args)) => replay_dead_letters(&runtime, &args),
+    }
+}
+
+/// `profile replay-dlq`: progress on stderr, a one-line summary on stdout.
+fn replay_dead_letters(runtime: &tokio::runtime::Runtime, args: &ReplayDlqArgs) -> ExitCode {
+    let options = ReplayOptions {
+        from_offset: args.from_offset,
+        dry_run: args.dry_run,
+    };
+    let started = std::time::Instant::now();
+    match runtime.block_on(replay_dlq::replay(&args.kafka, options)) {
+        Ok(count) => {
+            let verb = if args.dry_run {
+                "would replay"
+            } else {
+                "replayed"
+            };
+            println!(
+                "{verb} {} dead letters ({} skipped) in {:.1} s",
+                count.replayed,
+                count.skipped,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{e:#}")),
     }
 }
 

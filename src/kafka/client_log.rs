@@ -94,23 +94,33 @@ impl ClientContext for ClientLog {
 
 impl ConsumerContext for ClientLog {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions assigned")
-            }
-            Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions revoked")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
-        }
+        log_rebalance(rebalance);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
-        match result {
-            // NoOffset: nothing was stored since the last commit.
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => report(Severity::Warning, &format!("offset commit failed: {e}")),
+        log_commit(result);
+    }
+}
+
+/// Logs a consumer's rebalance (every consumer context of the service does).
+pub fn log_rebalance(rebalance: &Rebalance<'_>) {
+    match rebalance {
+        Rebalance::Assign(partitions) => {
+            tracing::info!(partitions = %describe(partitions), "partitions assigned")
         }
+        Rebalance::Revoke(partitions) => {
+            tracing::info!(partitions = %describe(partitions), "partitions revoked")
+        }
+        Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+    }
+}
+
+/// Reports a failed automatic offset commit, rate-limited.
+pub fn log_commit(result: KafkaResult<()>) {
+    match result {
+        // NoOffset: nothing was stored since the last commit.
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => report(Severity::Warning, &format!("offset commit failed: {e}")),
     }
 }
 

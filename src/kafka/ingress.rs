@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_log::{self, ClientLog};
 use super::offsets::PendingOffsets;
+use super::statistics::ClientMetrics;
 use super::{client_config, redact_config_error};
 use crate::config::KafkaSettings;
 
@@ -52,7 +53,7 @@ impl Role {
 }
 
 pub struct Ingress {
-    consumer: StreamConsumer<ClientLog>,
+    consumer: StreamConsumer<ClientMetrics>,
     pending: Mutex<PendingOffsets>,
     /// Records received while the partitions were paused, handed out first afterwards.
     held: Mutex<VecDeque<OwnedMessage>>,
@@ -85,8 +86,10 @@ impl Ingress {
         let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         let group_id = role.group_id(&settings.group_id);
         adopt_former_offsets(settings, &group_id, &topics).await;
-        let consumer: StreamConsumer<ClientLog> = group_config(settings, &group_id)
-            .create_with_context(ClientLog)
+        let mut config = group_config(settings, &group_id);
+        let context = ClientMetrics::consumer(&mut config, settings, &group_id);
+        let consumer: StreamConsumer<ClientMetrics> = config
+            .create_with_context(context)
             .map_err(redact_config_error)
             .map_err(|e| {
                 anyhow::anyhow!("cannot create Kafka consumer (check KAFKA_CONFIG): {e}")

@@ -6,7 +6,9 @@ pub mod dead_letters;
 pub mod ingress;
 pub mod notifications;
 pub mod offsets;
+pub mod replay_dlq;
 pub mod request_reply;
+pub mod statistics;
 
 use std::time::Duration;
 
@@ -17,11 +19,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
 use self::client_log::ClientLog;
+use self::statistics::ClientMetrics;
 use crate::config::KafkaSettings;
 use crate::observe::http::ReadinessCheck;
 
 /// The producer every task of the service shares.
-pub type ServiceProducer = FutureProducer<ClientLog>;
+pub type ServiceProducer = FutureProducer<ClientMetrics>;
 
 /// How long start-up waits for the brokers to answer before giving up.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,13 +58,16 @@ pub fn redact_config_error(error: KafkaError) -> KafkaError {
 /// The producer for dead letters, replies and notifications: idempotent, acknowledged by all
 /// in-sync replicas, compressed (replies can be large).
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<ServiceProducer> {
-    let producer = client_config(settings)
+    let mut config = client_config(settings);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
-        .set("message.max.bytes", "10000000")
-        .create_with_context(ClientLog)
+        .set("message.max.bytes", "10000000");
+    let context = ClientMetrics::producer(&mut config, settings);
+    let producer = config
+        .create_with_context(context)
         .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka producer (check KAFKA_CONFIG): {e}"))?;
     Ok(producer)

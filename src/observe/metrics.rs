@@ -1,10 +1,15 @@
 //! Every metric of the service, in one registry per service instance (so tests can run several
 //! instances in one process), exported in Prometheus text format on `/metrics`.
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The namespace of every metric name.
+const PREFIX: &str = "hawkeye_customer_cache";
 
 pub struct Metrics {
     registry: Registry,
@@ -38,11 +43,19 @@ pub struct Metrics {
     pub get_failures: IntCounterVec,
     /// Seconds to answer a cache request.
     pub get_duration_seconds: HistogramVec,
+    /// Records of a partition not yet consumed by a consumer group, from librdkafka's
+    /// statistics, by group, topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Messages in the shared producer's queue, not yet delivered.
+    pub producer_queue_messages: IntGauge,
+    /// Seconds of one call of the device profile writes to one store (an upsert: the batch's
+    /// Redis pipeline, or its Cassandra batches), by store and operation.
+    pub store_request_seconds: HistogramVec,
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("hawkeye_customer_cache".into()), None)?;
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
         let metrics = Metrics {
             profile_events_consumed: IntCounter::new(
                 "profile_events_consumed_total",
@@ -122,6 +135,27 @@ impl Metrics {
                     .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 &["status"],
             )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag",
+                    "Records of a partition the consumer group has not consumed yet",
+                ),
+                &["group", "topic", "partition"],
+            )?,
+            producer_queue_messages: IntGauge::new(
+                "producer_queue_messages",
+                "Messages in the producer's queue, not yet delivered",
+            )?,
+            store_request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "store_request_seconds",
+                    "Seconds of one device profile call to Redis or Cassandra (a batch's upsert, a read)",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ]),
+                &["store", "operation"],
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -129,7 +163,13 @@ impl Metrics {
     }
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        self.collectors()
+            .into_iter()
+            .try_for_each(|collector| self.registry.register(collector))
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
             Box::new(self.profile_events_consumed.clone()),
             Box::new(self.profile_devices_upserted.clone()),
             Box::new(self.profile_events_dead_lettered.clone()),
@@ -145,10 +185,27 @@ impl Metrics {
             Box::new(self.get_requests.clone()),
             Box::new(self.get_failures.clone()),
             Box::new(self.get_duration_seconds.clone()),
-        ];
-        collectors
-            .into_iter()
-            .try_for_each(|collector| self.registry.register(collector))
+            Box::new(self.consumer_lag.clone()),
+            Box::new(self.producer_queue_messages.clone()),
+            Box::new(self.store_request_seconds.clone()),
+        ]
+    }
+
+    /// Every series name `/metrics` can show (prefix included; a histogram's `_bucket`,
+    /// `_sum` and `_count`), whether or not it has a value yet: what dashboards and alert
+    /// rules may name.
+    pub fn series_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        // A metric vector without series yet still collects its (empty) family.
+        for family in self.collectors().iter().flat_map(|c| c.collect()) {
+            let name = format!("{PREFIX}_{}", family.name());
+            if family.get_field_type() == MetricType::HISTOGRAM {
+                names.extend(["_bucket", "_sum", "_count"].map(|end| format!("{name}{end}")));
+            } else {
+                names.push(name);
+            }
+        }
+        names
     }
 
     /// The Prometheus text exposition of every metric.
@@ -174,5 +231,21 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("hawkeye_customer_cache_profile_events_consumed_total 3"));
         assert!(text.contains("hawkeye_customer_cache_get_requests_total{status=\"200\"} 1"));
+    }
+
+    #[test]
+    fn series_names_include_metrics_without_values_and_histogram_parts() {
+        let names = Metrics::new().unwrap().series_names();
+        for name in [
+            "hawkeye_customer_cache_consumer_lag",
+            "hawkeye_customer_cache_profile_events_consumed_total",
+            "hawkeye_customer_cache_store_request_seconds_bucket",
+            "hawkeye_customer_cache_store_request_seconds_count",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(!names
+            .iter()
+            .any(|n| n == "hawkeye_customer_cache_store_request_seconds"));
     }
 }

@@ -4,18 +4,22 @@
 
 mod common;
 
+mod alerts_prometheus;
 mod apis_bruin;
 mod apis_hawkeye;
 mod consumer_groups;
+mod deploy_metrics;
 mod get_chunks;
 mod get_clients;
 mod get_filters;
 mod get_freshness;
 mod get_reply_route;
 mod get_status;
+mod metrics_scrape;
 mod profile_dead_letters;
 mod profile_order;
 mod profile_rebuild;
+mod profile_replay_dlq;
 mod profile_restart;
 mod profile_store_outage;
 mod profile_topics;

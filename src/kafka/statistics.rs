@@ -1,0 +1,234 @@
+//! librdkafka's statistics as metrics: the per-partition lag of each consumer group and the
+//! producer's queue depth. The service's long-running clients (the ingress consumers and the
+//! shared producer) have a [`ClientMetrics`] context, which reports like [`ClientLog`] and
+//! also turns each statistics report into gauges.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::client_log::{self, ClientLog};
+use crate::config::KafkaSettings;
+use crate::observe::Metrics;
+
+/// How often librdkafka reports its statistics: often enough for a lag alert, rare enough to
+/// cost nothing (each report is a JSON document of every partition).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// The metrics librdkafka's statistics go to ([`KafkaSettings::statistics`]).
+#[derive(Clone)]
+pub struct StatisticsSink(Arc<Metrics>);
+
+impl StatisticsSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        StatisticsSink(metrics)
+    }
+}
+
+impl fmt::Debug for StatisticsSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatisticsSink")
+    }
+}
+
+/// What a client's statistics say about it.
+enum Reported {
+    /// A consumer of this group: the lag of its assigned partitions.
+    ConsumerLag { group: String },
+    /// The producer: its queue depth.
+    ProducerQueue,
+}
+
+/// The context of a long-running client: [`ClientLog`]'s reports, and its statistics as
+/// metrics when its settings name a [`StatisticsSink`].
+pub struct ClientMetrics {
+    sink: Option<(StatisticsSink, Reported)>,
+    /// The partitions whose lag this client last reported, so that a partition it no longer
+    /// holds (after a rebalance) stops showing a stale figure.
+    lagging: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientMetrics {
+    /// The context of a consumer of `group`, turning on statistics in `config` when `settings`
+    /// have a sink.
+    pub fn consumer(config: &mut ClientConfig, settings: &KafkaSettings, group: &str) -> Self {
+        Self::new(
+            config,
+            settings,
+            Reported::ConsumerLag {
+                group: group.to_string(),
+            },
+        )
+    }
+
+    /// The context of a producer, turning on statistics in `config` when `settings` have a
+    /// sink.
+    pub fn producer(config: &mut ClientConfig, settings: &KafkaSettings) -> Self {
+        Self::new(config, settings, Reported::ProducerQueue)
+    }
+
+    fn new(config: &mut ClientConfig, settings: &KafkaSettings, reported: Reported) -> Self {
+        let sink = settings.statistics.clone().map(|sink| {
+            config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+            (sink, reported)
+        });
+        ClientMetrics {
+            sink,
+            lagging: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn report_lag(&self, metrics: &Metrics, group: &str, statistics: &Statistics) {
+        let lags = partition_lags(statistics);
+        let now: HashSet<(String, i32)> = lags
+            .iter()
+            .map(|(topic, partition, _)| (topic.clone(), *partition))
+            .collect();
+        let mut lagging = self.lagging.lock().unwrap_or_else(PoisonError::into_inner);
+        for (topic, partition) in lagging.difference(&now) {
+            // Absent already when it was never set: nothing to undo.
+            let _ =
+                metrics
+                    .consumer_lag
+                    .remove_label_values(&[group, topic, &partition.to_string()]);
+        }
+        for (topic, partition, lag) in lags {
+            metrics
+                .consumer_lag
+                .with_label_values(&[group, &topic, &partition.to_string()])
+                .set(lag);
+        }
+        *lagging = now;
+    }
+}
+
+/// `(topic, partition, lag)` of every partition whose lag librdkafka knows: it reports -1
+/// for partitions it does not consume or has no offsets for yet, and a partition -1 of its
+/// own (messages not yet assigned a partition).
+fn partition_lags(statistics: &Statistics) -> Vec<(String, i32, i64)> {
+    statistics
+        .topics
+        .iter()
+        .flat_map(|(topic, stats)| {
+            stats
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| (topic.clone(), p.partition, p.consumer_lag))
+        })
+        .collect()
+}
+
+impl ClientContext for ClientMetrics {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        ClientLog.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        ClientLog.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some((StatisticsSink(metrics), reported)) = &self.sink else {
+            return;
+        };
+        match reported {
+            Reported::ConsumerLag { group } => self.report_lag(metrics, group, &statistics),
+            Reported::ProducerQueue => metrics
+                .producer_queue_messages
+                .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl ConsumerContext for ClientMetrics {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        client_log::log_rebalance(rebalance);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        client_log::log_commit(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::statistics::{Partition, Topic};
+
+    /// A statistics report of a consumer: two assigned partitions of `t` (one without a
+    /// committed offset yet) and librdkafka's internal partition -1.
+    fn consumer_statistics() -> Statistics {
+        let partition = |partition: i32, consumer_lag: i64| {
+            let stats = Partition {
+                partition,
+                consumer_lag,
+                ..Partition::default()
+            };
+            (partition, stats)
+        };
+        let topic = Topic {
+            topic: "t".into(),
+            partitions: [partition(0, 7), partition(1, -1), partition(-1, 3)].into(),
+            ..Topic::default()
+        };
+        Statistics {
+            topics: [("t".to_string(), topic)].into(),
+            ..Statistics::default()
+        }
+    }
+
+    fn topics() -> crate::config::Topics {
+        crate::config::Topics {
+            profile_updates: vec!["t".into()],
+            profile_dlq: "t.dlq".into(),
+            refresh: "r".into(),
+            get: "g".into(),
+            reply: "re".into(),
+            notifications: "n".into(),
+        }
+    }
+
+    #[test]
+    fn only_partitions_with_a_known_lag_are_reported() {
+        assert_eq!(
+            partition_lags(&consumer_statistics()),
+            [("t".to_string(), 0, 7)]
+        );
+    }
+
+    #[test]
+    fn a_partition_no_longer_reported_loses_its_gauge() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let settings = KafkaSettings {
+            statistics: Some(StatisticsSink::new(metrics.clone())),
+            ..KafkaSettings::new("b:1", "g", topics())
+        };
+        let mut config = ClientConfig::new();
+        let context = ClientMetrics::consumer(&mut config, &settings, "g.profiles");
+        assert_eq!(
+            config.get("statistics.interval.ms"),
+            Some(STATISTICS_INTERVAL_MS)
+        );
+        metrics
+            .consumer_lag
+            .with_label_values(&["g.profiles", "t", "5"])
+            .set(1);
+        context.lagging.lock().unwrap().insert(("t".into(), 5));
+        context.stats(consumer_statistics());
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"hawkeye_customer_cache_consumer_lag{group="g.profiles",partition="0",topic="t"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(r#"partition="5""#), "{text}");
+    }
+}

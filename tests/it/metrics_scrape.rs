@@ -1,0 +1,68 @@
+//! Lag and client metrics on `/metrics` after a few events: the per-partition consumer lag of
+//! the profiles group (from librdkafka's statistics), the producer's queue depth, and request
+//! latency histograms of both stores.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::profiles::{eventually, produce_json, producer};
+use crate::common::request_reply::metric;
+use crate::common::service::isolated_env;
+use crate::common::{unique, ServiceProcess};
+
+/// librdkafka reports every 5 s; the first report after the group's first commit has lags.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(WAIT).await;
+    let env = service.env.clone();
+    let producer = producer();
+    for _ in 0..5 {
+        produce_json(
+            &producer,
+            &env,
+            &json!({"device_id": unique("m"), "city": "Lag"}),
+        )
+        .await;
+    }
+
+    let lag_of_profiles = format!(
+        "hawkeye_customer_cache_consumer_lag{{group=\"{}.profiles\",partition=\"",
+        env["KAFKA_GROUP_ID"]
+    );
+    let topic_label = format!("topic=\"{}\"}}", env["TOPIC_PROFILE_UPDATES"]);
+    let url = service.http_url("/metrics");
+    let lag_line = eventually(WAIT, "the profiles group's lag on /metrics", || async {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|line| line.starts_with(&lag_of_profiles) && line.contains(&topic_label))
+            .map(str::to_string)
+    })
+    .await;
+    let lag: f64 = lag_line
+        .rsplit(' ')
+        .next()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(-1.0);
+    assert!(lag >= 0.0, "{lag_line}");
+
+    for store in ["redis", "cassandra"] {
+        let series = format!(
+            "hawkeye_customer_cache_store_request_seconds_count{{operation=\"upsert\",store=\"{store}\"}}"
+        );
+        eventually(WAIT, &series, || async {
+            (metric(&service, &series).await >= 1.0).then_some(())
+        })
+        .await;
+    }
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("hawkeye_customer_cache_producer_queue_messages ")),
+        "the producer reported its queue"
+    );
+    assert!(service.terminate().await.success());
+}

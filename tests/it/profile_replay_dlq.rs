@@ -1,0 +1,155 @@
+//! `profile replay-dlq`: the dead letters a running service wrote go back to the profile topic
+//! with their original key and bytes and headers naming the letter; `--dry-run` sends nothing;
+//! letters without a value are skipped and counted; `--from-offset` starts later.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, Message};
+use tokio::process::Command;
+
+use crate::common::profiles::{header, produce, producer, TopicReader};
+use crate::common::service::{isolated_env, BINARY};
+use crate::common::{stack, ServiceProcess};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `profile replay-dlq` with `args` to its end: exit code, stdout lines, stderr.
+async fn replay_dlq(env: &HashMap<String, String>, args: &[&str]) -> (i32, Vec<String>, String) {
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(BINARY)
+            .args(["profile", "replay-dlq"])
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("replay-dlq did not end in time")
+    .expect("cannot run the binary");
+    let stdout = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// How many records `topic` holds (the sum of its partitions' end offsets).
+fn records_in(topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack().kafka_brokers)
+        .create()
+        .expect("consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn dead_letters_are_replayed_with_their_bytes_and_a_header_naming_them() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(WAIT).await;
+    let env = service.env.clone();
+    let producer = producer();
+    let poison: [(&str, &[u8]); 2] = [("not-json", b"{not json"), ("no-id", br#"{"city":"Pune"}"#)];
+    for (key, value) in poison {
+        produce(&producer, &env, Some(key), value).await;
+    }
+    let tombstone: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(&env["TOPIC_PROFILE_UPDATES"]).key("gone");
+    producer
+        .send(tombstone, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("cannot produce a tombstone");
+    let letters = TopicReader::from_beginning(&env["TOPIC_PROFILE_DLQ"])
+        .take(3, WAIT)
+        .await;
+    // Stopped, so that replayed poison is not dead-lettered again while the test reads.
+    assert!(service.terminate().await.success());
+    let profile_topic = &env["TOPIC_PROFILE_UPDATES"];
+    assert_eq!(records_in(profile_topic), 3);
+
+    let (code, lines, stderr) = replay_dlq(&env, &["--dry-run"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for letter in &letters {
+        let at = format!("{}/{} ", letter.partition(), letter.offset());
+        let line = lines
+            .iter()
+            .find(|line| line.starts_with(&at))
+            .unwrap_or_else(|| panic!("no line for {at}: {lines:?}"));
+        let reason = header(letter, "error.reason").expect("error.reason");
+        assert!(line.contains(&format!("reason={reason:?}")), "{line}");
+        let expected = if letter.payload().is_some() {
+            format!(
+                "would send {} bytes to {profile_topic}",
+                letter.payload().unwrap().len()
+            )
+        } else {
+            "would skip".to_string()
+        };
+        assert!(line.contains(&expected), "{line}");
+    }
+    assert!(
+        lines[3].starts_with("would replay 2 dead letters (1 skipped) in "),
+        "{lines:?}"
+    );
+    assert_eq!(records_in(profile_topic), 3, "the dry run sent nothing");
+
+    let (code, lines, stderr) = replay_dlq(&env, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        lines[0].starts_with("replayed 2 dead letters (1 skipped) in "),
+        "{lines:?}"
+    );
+    let replayed: Vec<_> = TopicReader::from_beginning(profile_topic)
+        .take(5, WAIT)
+        .await
+        .into_iter()
+        .filter(|event| header(event, "replayed.from.offset").is_some())
+        .collect();
+    assert_eq!(replayed.len(), 2);
+    for event in &replayed {
+        let partition: i32 = header(event, "replayed.from.partition")
+            .expect("replayed.from.partition")
+            .parse()
+            .unwrap();
+        let offset: i64 = header(event, "replayed.from.offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let letter = letters
+            .iter()
+            .find(|l| l.partition() == partition && l.offset() == offset)
+            .expect("the header names a dead letter");
+        assert_eq!(event.key(), letter.key());
+        assert_eq!(event.payload(), letter.payload());
+        assert!(event.payload().is_some());
+    }
+
+    // From offset 1 on: only the letters at offsets >= 1 of their partition.
+    let later = letters.iter().filter(|l| l.offset() >= 1).count();
+    let (code, lines, stderr) = replay_dlq(&env, &["--dry-run", "--from-offset", "1"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), later + 1, "{lines:?}");
+}
