@@ -116,7 +116,7 @@ impl CassandraStore {
 }
 
 /// Device batches in flight at once per upsert call.
-const PROFILE_WRITES_IN_FLIGHT: usize = 64;
+const PROFILE_WRITES_IN_FLIGHT: usize = 256;
 
 /// Writes device profiles into `device_profile`: one unlogged single-partition batch per
 /// device whose cell timestamps encode the per-field rules, so no read and no lightweight

@@ -261,7 +261,7 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     Some((user + system) as f64 / CLOCK_TICKS_PER_S)
 }
 
-/// The pid of the stack's Cassandra: `chosen`, else the one process whose command line names
+/// The pid of the stack's Cassandra: `chosen`, else the one `java` process whose main class is
 /// `CassandraDaemon`; `None` when there is none or more than one (another stack).
 pub fn cassandra_pid(chosen: Option<u32>) -> Option<u32> {
     if chosen.is_some() {
@@ -270,14 +270,20 @@ pub fn cassandra_pid(chosen: Option<u32>) -> Option<u32> {
     let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let needle = b"CassandraDaemon";
-        cmdline
-            .windows(needle.len())
-            .any(|window| window == needle)
-            .then_some(pid)
+        runs_cassandra(&cmdline).then_some(pid)
     });
     let pid = found.next()?;
     found.next().is_none().then_some(pid)
+}
+
+/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a JVM running Cassandra, not
+/// merely a command naming it (a `pgrep -f CassandraDaemon`).
+fn runs_cassandra(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|&byte| byte == 0);
+    let is_java = args
+        .next()
+        .is_some_and(|program| program.ends_with(b"java"));
+    is_java && args.any(|arg| arg.ends_with(b".CassandraDaemon"))
 }
 
 /// VmRSS and VmHWM (kB in the file) of a `/proc/<pid>/status` text, in MiB.
@@ -324,6 +330,14 @@ mod tests {
         assert_eq!(parse_cpu_seconds(stat), Some(4.0));
         assert_eq!(parse_cpu_seconds("2566 (java) S 1 2"), None);
         assert!(process_cpu_seconds(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn cassandra_is_a_jvm_whose_main_class_is_the_daemon() {
+        let jvm = b"/usr/bin/java\0-Xmx1G\0org.apache.cassandra.service.CassandraDaemon\0";
+        assert!(runs_cassandra(jvm));
+        assert!(!runs_cassandra(b"pgrep\0-f\0CassandraDaemon\0"));
+        assert!(!runs_cassandra(b"/usr/bin/java\0-jar\0kafka.jar\0"));
     }
 
     #[test]
