@@ -169,7 +169,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             ),
             format!(
                 "CPU: utime + stime from /proc/<pid>/stat over the timed part of each run, per \
-                 100k events; Cassandra is the process naming CassandraDaemon ({})",
+                 100k events; Cassandra is the JVM whose main class is CassandraDaemon ({})",
                 cassandra_pid.map_or("not found: give --cassandra-pid".to_string(), |pid| format!("pid {pid}"))
             ),
         ],
