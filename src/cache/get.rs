@@ -139,36 +139,59 @@ impl<'a> Reply<'a> {
     /// the list and `"chunk": {"index", "count"}`. A chunk is larger than `max_bytes` only when
     /// one entry alone does not fit.
     pub fn render(&self, request_id: &Value, max_bytes: usize) -> Vec<Vec<u8>> {
-        let head = format!(
+        let head = self.head(request_id);
+        with_head(&head, &self.render_after_head(head.len(), max_bytes))
+    }
+
+    /// The start of every reply value, the only part that depends on the request.
+    pub fn head(&self, request_id: &Value) -> String {
+        format!(
             r#"{{"request_id":{request_id},"status":{},"body":"#,
             self.status
-        );
+        )
+    }
+
+    /// What follows the head in each reply value. It depends on the head only through its
+    /// length, so the values for every request whose head is as long share it
+    /// ([`with_head`] completes them).
+    pub fn render_after_head(&self, head_bytes: usize, max_bytes: usize) -> Vec<Vec<u8>> {
         match &self.body {
-            Body::Message(text) => {
-                vec![format!("{head}{}}}", Value::String(text.clone())).into_bytes()]
-            }
-            Body::Entries(entries) => render_entries(&head, entries, max_bytes),
+            Body::Message(text) => vec![format!("{}}}", Value::String(text.clone())).into_bytes()],
+            Body::Entries(entries) => render_entries(head_bytes, entries, max_bytes),
         }
     }
 }
 
-fn render_entries(head: &str, entries: &[Entry], max_bytes: usize) -> Vec<Vec<u8>> {
+/// The reply values: `head` followed by each part rendered after it.
+pub fn with_head(head: &str, parts: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    parts
+        .iter()
+        .map(|part| {
+            let mut value = Vec::with_capacity(head.len() + part.len());
+            value.extend_from_slice(head.as_bytes());
+            value.extend_from_slice(part);
+            value
+        })
+        .collect()
+}
+
+fn render_entries(head_bytes: usize, entries: &[Entry], max_bytes: usize) -> Vec<Vec<u8>> {
     // `[` + entries + commas + `]` + `}`: one byte per entry for its comma or the `]`.
     let whole_bytes =
-        head.len() + 1 + entries.iter().map(|e| e.json().len() + 1).sum::<usize>() + 1;
+        head_bytes + 1 + entries.iter().map(|e| e.json().len() + 1).sum::<usize>() + 1;
     if whole_bytes <= max_bytes {
-        return vec![join(head, entries, "]}")];
+        return vec![join(entries, "]}")];
     }
     // The chunk field's length depends on its numbers; budget for the widest possible ones.
     let widest = entries.len().to_string();
     let tail_max = chunk_tail(&widest, &widest).len();
-    let budget = max_bytes.saturating_sub(head.len() + 1 + tail_max);
+    let budget = max_bytes.saturating_sub(head_bytes + 1 + tail_max);
     let parts = pack(entries, budget);
     let count = parts.len().to_string();
     parts
         .iter()
         .enumerate()
-        .map(|(index, part)| join(head, part, &chunk_tail(&index.to_string(), &count)))
+        .map(|(index, part)| join(part, &chunk_tail(&index.to_string(), &count)))
         .collect()
 }
 
@@ -176,11 +199,10 @@ fn chunk_tail(index: &str, count: &str) -> String {
     format!(r#"],"chunk":{{"index":{index},"count":{count}}}}}"#)
 }
 
-/// `head` `[` entries joined by `,` then `tail`.
-fn join(head: &str, entries: &[Entry], tail: &str) -> Vec<u8> {
-    let size = head.len() + tail.len() + entries.iter().map(|e| e.json().len() + 1).sum::<usize>();
+/// `[` entries joined by `,` then `tail`.
+fn join(entries: &[Entry], tail: &str) -> Vec<u8> {
+    let size = 1 + tail.len() + entries.iter().map(|e| e.json().len() + 1).sum::<usize>();
     let mut value = Vec::with_capacity(size);
-    value.extend_from_slice(head.as_bytes());
     value.push(b'[');
     for (i, entry) in entries.iter().enumerate() {
         if i > 0 {
@@ -394,6 +416,19 @@ mod tests {
                 joined.extend(chunk["body"].as_array().unwrap().iter().cloned());
             }
             assert_eq!(Value::Array(joined), full["body"]);
+        }
+    }
+
+    #[test]
+    fn the_parts_after_one_head_complete_any_head_of_the_same_length() {
+        let cache = cache(2000);
+        let reply = Reply::answer(&request(json!({"body": {}})).unwrap(), Some(&cache));
+        for limit in [usize::MAX, 20_000] {
+            let parts = reply.render_after_head(reply.head(&json!("aaaa")).len(), limit);
+            assert_eq!(
+                with_head(&reply.head(&json!("bbbb")), &parts),
+                reply.render(&json!("bbbb"), limit)
+            );
         }
     }
 

@@ -17,9 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::get::{parse_request, Reply};
+use super::get::{parse_request, with_head, Reply};
 use super::keys::CacheKeys;
 use super::reader::CacheReader;
+use super::snapshot::ChangeId;
 use crate::config::{KafkaSettings, ServeSettings};
 use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::request_reply::{
@@ -54,6 +55,51 @@ pub struct GetServer {
     serve: ServeSettings,
     reply_topics: ReplyTopics,
     reply_budget: Arc<Semaphore>,
+    unfiltered: UnfilteredReplies,
+}
+
+/// The unfiltered reply of the snapshot last asked for, rendered once after the head and
+/// shared by every request for it: with 100k devices that is about 23 MB each unfiltered
+/// request would otherwise render again. A new snapshot (a refresh, a pushed `last_contact`)
+/// replaces it.
+#[derive(Default)]
+struct UnfilteredReplies {
+    last: tokio::sync::Mutex<Option<SharedReply>>,
+}
+
+struct SharedReply {
+    key: SharedKey,
+    parts: Arc<Vec<Vec<u8>>>,
+}
+
+/// What the parts of an unfiltered reply depend on (besides `REPLY_MAX_BYTES`, fixed per
+/// instance): the snapshot and the length of the request's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedKey {
+    generation: String,
+    applied: ChangeId,
+    head_bytes: usize,
+}
+
+impl UnfilteredReplies {
+    /// The parts for `key`, rendered by `render` unless the last request had the same key.
+    /// Requests wait for one another's rendering, so concurrent ones render it once.
+    async fn parts(
+        &self,
+        key: SharedKey,
+        render: impl FnOnce() -> Vec<Vec<u8>>,
+    ) -> Arc<Vec<Vec<u8>>> {
+        let mut last = self.last.lock().await;
+        if let Some(shared) = last.as_ref().filter(|shared| shared.key == key) {
+            return shared.parts.clone();
+        }
+        let parts = Arc::new(render());
+        *last = Some(SharedReply {
+            key,
+            parts: parts.clone(),
+        });
+        parts
+    }
 }
 
 /// A request with its reply headers read, answered on its own task.
@@ -115,6 +161,7 @@ impl GetServer {
             },
             serve,
             reply_budget: Arc::new(Semaphore::new(BUDGET_UNITS as usize)),
+            unfiltered: UnfilteredReplies::default(),
         })
     }
 
@@ -238,7 +285,20 @@ impl GetServer {
             None => Reply::unavailable(),
         };
         let budget = self.reserve(reply.body_bytes()).await;
-        let values = reply.render(&parsed.request_id, max_bytes);
+        let head = reply.head(&parsed.request_id);
+        let render = || reply.render_after_head(head.len(), max_bytes);
+        let parts = match (&cache, parsed.filter) {
+            (Some(Some(snapshot)), None) => {
+                let key = SharedKey {
+                    generation: snapshot.generation().to_string(),
+                    applied: snapshot.applied(),
+                    head_bytes: head.len(),
+                };
+                self.unfiltered.parts(key, render).await
+            }
+            _ => Arc::new(render()),
+        };
+        let values = with_head(&head, &parts);
         (parsed.request_id, reply.status, values, budget)
     }
 
@@ -281,6 +341,27 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unfiltered_reply_is_rendered_once_per_snapshot_and_head_length() {
+        let replies = UnfilteredReplies::default();
+        let key = |generation: &str, head_bytes| SharedKey {
+            generation: generation.into(),
+            applied: ChangeId::default(),
+            head_bytes,
+        };
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        let render = |text: &str| {
+            renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            vec![text.as_bytes().to_vec()]
+        };
+        assert_eq!(*replies.parts(key("g1", 40), || render("a")).await, [b"a"]);
+        assert_eq!(*replies.parts(key("g1", 40), || render("b")).await, [b"a"]);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(*replies.parts(key("g1", 41), || render("c")).await, [b"c"]);
+        assert_eq!(*replies.parts(key("g2", 41), || render("d")).await, [b"d"]);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_waits_for_requests_up_to_the_grace_then_abandons_the_rest() {

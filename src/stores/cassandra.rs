@@ -13,12 +13,12 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue};
+use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
-use crate::profile::fields::{FieldValue, MergeRule, FIELDS};
+use crate::profile::fields::{FieldSpec, FieldValue, MergeRule, FIELDS};
 use crate::profile::ProfileUpdate;
 
 /// The CQL of the table, kept in `schemas/` for operators and applied by the service.
@@ -137,7 +137,7 @@ impl CassandraStore {
 }
 
 /// Device batches in flight at once per upsert call.
-const PROFILE_WRITES_IN_FLIGHT: usize = 64;
+const PROFILE_WRITES_IN_FLIGHT: usize = 256;
 
 /// Writes device profiles into `device_profile`: one unlogged single-partition batch per
 /// device whose cell timestamps encode the per-field rules, so no read and no lightweight
@@ -145,26 +145,58 @@ const PROFILE_WRITES_IN_FLIGHT: usize = 64;
 #[derive(Clone)]
 pub struct ProfileWriter {
     session: Arc<Session>,
-    /// One `UPDATE … USING TIMESTAMP ? SET column = ?` per column, prepared once.
-    statements: Arc<BTreeMap<&'static str, PreparedStatement>>,
+    statements: Arc<ProfileStatements>,
+}
+
+/// The statements of the write path, prepared once.
+struct ProfileStatements {
+    /// `UPDATE … USING TIMESTAMP ? SET a = ?, b = ?, … WHERE device_id = ?` over every column
+    /// whose cell timestamp is the update's version ([`shares_the_version`]), in [`FIELDS`]
+    /// order: the columns an update does not carry are bound unset, so they stay as they are.
+    versioned: PreparedStatement,
+    /// `UPDATE … USING TIMESTAMP ? SET column = ? WHERE device_id = ?` for each other column:
+    /// its timestamp comes from its value, so it needs a statement of its own.
+    by_column: BTreeMap<&'static str, PreparedStatement>,
+}
+
+/// Whether a rule's cell timestamp is the update's version, shared by all such columns.
+fn shares_the_version(rule: MergeRule) -> bool {
+    matches!(rule, MergeRule::NewestVersion | MergeRule::UpdateVersion)
+}
+
+fn versioned_fields() -> impl Iterator<Item = &'static FieldSpec> {
+    FIELDS.iter().filter(|spec| shares_the_version(spec.rule))
 }
 
 impl ProfileWriter {
     pub async fn prepare(store: &CassandraStore) -> Result<Self, StoreError> {
-        let mut statements = BTreeMap::new();
-        for column in FIELDS.iter().map(|spec| spec.column) {
-            let cql = format!(
-                "UPDATE {}.device_profile USING TIMESTAMP ? SET {column} = ? WHERE device_id = ?",
-                store.keyspace
-            );
+        let table = format!("{}.device_profile", store.keyspace);
+        let assignments: Vec<String> = versioned_fields()
+            .map(|spec| format!("{} = ?", spec.column))
+            .collect();
+        let versioned = format!(
+            "UPDATE {table} USING TIMESTAMP ? SET {} WHERE device_id = ?",
+            assignments.join(", ")
+        );
+        let versioned = store.session.prepare(versioned).await.map_err(|e| {
+            StoreError::cassandra("cannot prepare the update of the versioned columns", e)
+        })?;
+        let mut by_column = BTreeMap::new();
+        for spec in FIELDS.iter().filter(|spec| !shares_the_version(spec.rule)) {
+            let column = spec.column;
+            let cql =
+                format!("UPDATE {table} USING TIMESTAMP ? SET {column} = ? WHERE device_id = ?");
             let prepared = store.session.prepare(cql).await.map_err(|e| {
                 StoreError::cassandra(&format!("cannot prepare the update of {column}"), e)
             })?;
-            statements.insert(column, prepared);
+            by_column.insert(column, prepared);
         }
         Ok(ProfileWriter {
             session: store.session.clone(),
-            statements: Arc::new(statements),
+            statements: Arc::new(ProfileStatements {
+                versioned,
+                by_column,
+            }),
         })
     }
 
@@ -189,7 +221,8 @@ impl ProfileWriter {
         refusals(written)
     }
 
-    /// One unlogged batch of every cell of one device's updates: a single-partition mutation.
+    /// One unlogged batch of every statement of one device's updates: a single-partition
+    /// mutation.
     async fn upsert_device(
         &self,
         device_id: &str,
@@ -197,15 +230,28 @@ impl ProfileWriter {
     ) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::new();
-        for cell in updates.into_iter().flat_map(profile_cells) {
-            let statement = self.statements.get(cell.column).ok_or_else(|| {
-                StoreError::cassandra(
-                    "cannot write device_profile",
-                    CassandraCause::UnpreparedColumn(cell.column),
-                )
-            })?;
+        for write in updates.into_iter().flat_map(profile_writes) {
+            let (statement, row) = match write {
+                ProfileWrite::Versioned { timestamp, values } => (
+                    &self.statements.versioned,
+                    statement_row(timestamp, values, device_id),
+                ),
+                ProfileWrite::Column(cell) => {
+                    let statement =
+                        self.statements.by_column.get(cell.column).ok_or_else(|| {
+                            StoreError::cassandra(
+                                "cannot write device_profile",
+                                CassandraCause::UnpreparedColumn(cell.column),
+                            )
+                        })?;
+                    (
+                        statement,
+                        statement_row(cell.timestamp, vec![Some(cell.value)], device_id),
+                    )
+                }
+            };
             batch.append_statement(statement.clone());
-            values.push((cell.timestamp, cell.value, device_id));
+            values.push(row);
         }
         self.session
             .batch(&batch, values)
@@ -213,6 +259,20 @@ impl ProfileWriter {
             .map_err(|e| StoreError::cassandra("cannot write device_profile", e))?;
         Ok(())
     }
+}
+
+/// The bound values of one statement: the cell timestamp, the columns (absent ones unset),
+/// the key.
+fn statement_row(
+    timestamp: i64,
+    columns: Vec<Option<CqlValue>>,
+    device_id: &str,
+) -> Vec<MaybeUnset<CqlValue>> {
+    let mut row = Vec::with_capacity(columns.len() + 2);
+    row.push(MaybeUnset::Set(CqlValue::BigInt(timestamp)));
+    row.extend(columns.into_iter().map(MaybeUnset::from_option));
+    row.push(MaybeUnset::Set(CqlValue::Text(device_id.to_string())));
+    row
 }
 
 /// Devices a store refused for good, with why; the others were written.
@@ -244,6 +304,43 @@ struct Cell {
     value: CqlValue,
 }
 
+/// One statement of an update.
+#[derive(Debug, Clone, PartialEq)]
+enum ProfileWrite {
+    /// Every versioned column at the update's version: the values in [`versioned_fields`]
+    /// order, `None` for the columns the update does not carry.
+    Versioned {
+        timestamp: i64,
+        values: Vec<Option<CqlValue>>,
+    },
+    /// A column whose timestamp comes from its value.
+    Column(Cell),
+}
+
+/// The statements of one update: one for the versioned columns, one per other column carried.
+fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite> {
+    let values: Vec<Option<CqlValue>> = versioned_fields()
+        .map(|spec| update.value(spec.field).map(cql_value))
+        .collect();
+    let mut writes = Vec::new();
+    if values.iter().any(Option::is_some) {
+        writes.push(ProfileWrite::Versioned {
+            timestamp: newest_wins(update.version),
+            values,
+        });
+    }
+    let own_timestamps = FIELDS.iter().filter(|spec| !shares_the_version(spec.rule));
+    writes.extend(own_timestamps.filter_map(|spec| {
+        let value = update.value(spec.field)?;
+        Some(ProfileWrite::Column(Cell {
+            column: spec.column,
+            timestamp: cell_timestamp(spec.rule, update.version, &value),
+            value: cql_value(value),
+        }))
+    }));
+    writes
+}
+
 /// Cell timestamp of "the highest version wins": the version in microseconds.
 fn newest_wins(version_ms: i64) -> i64 {
     version_ms.saturating_mul(1000)
@@ -252,21 +349,6 @@ fn newest_wins(version_ms: i64) -> i64 {
 /// Cell timestamp of "the smallest value wins": smaller values get larger timestamps.
 fn smallest_wins(value: i64) -> i64 {
     i64::MAX.saturating_sub(value.max(0))
-}
-
-/// The cells of every field the update writes, each with the timestamp of its rule.
-fn profile_cells(update: &ProfileUpdate) -> Vec<Cell> {
-    FIELDS
-        .iter()
-        .filter_map(|spec| {
-            let value = update.value(spec.field)?;
-            Some(Cell {
-                column: spec.column,
-                timestamp: cell_timestamp(spec.rule, update.version, &value),
-                value: cql_value(value),
-            })
-        })
-        .collect()
 }
 
 fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i64 {
@@ -285,7 +367,8 @@ fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i
     }
 }
 
-fn cql_value(value: FieldValue<'_>) -> CqlValue {
+/// A field value as its column type; absent fields are not written at all.
+pub fn cql_value(value: FieldValue<'_>) -> CqlValue {
     match value {
         FieldValue::Text(text) => CqlValue::Text(text.into_owned()),
         FieldValue::BigInt(number) => CqlValue::BigInt(number),
@@ -325,6 +408,26 @@ mod tests {
         cells.iter().find(|cell| cell.column == column).unwrap()
     }
 
+    /// The cells the statements write, each with the timestamp it gets.
+    fn written_cells(writes: Vec<ProfileWrite>) -> Vec<Cell> {
+        writes
+            .into_iter()
+            .flat_map(|write| match write {
+                ProfileWrite::Versioned { timestamp, values } => versioned_fields()
+                    .zip(values)
+                    .filter_map(|(spec, value)| {
+                        Some(Cell {
+                            column: spec.column,
+                            timestamp,
+                            value: value?,
+                        })
+                    })
+                    .collect(),
+                ProfileWrite::Column(cell) => vec![cell],
+            })
+            .collect()
+    }
+
     #[test]
     fn cell_timestamps_encode_each_field_rule() {
         let update = ProfileUpdate {
@@ -340,7 +443,7 @@ mod tests {
             }),
             ..ProfileUpdate::default()
         };
-        let cells = profile_cells(&update);
+        let cells = written_cells(profile_writes(&update));
         let newest = 1_650_000_000_000_000;
         assert_eq!(cell_of(&cells, "user_declared_state").timestamp, newest);
         assert_eq!(cell_of(&cells, "client_id").value, CqlValue::BigInt(9994));
@@ -362,6 +465,41 @@ mod tests {
         assert!(!cells
             .iter()
             .any(|cell| cell.column == "site_id" || cell.column == "device_spec"));
+    }
+
+    #[test]
+    fn one_statement_carries_every_versioned_column_and_leaves_the_absent_ones_unset() {
+        let update = ProfileUpdate {
+            device_id: "d".into(),
+            version: 1_650_000_000_000,
+            text: [(TextField::City, "Pune".to_string())].into(),
+            first_access: Some(1_600_000_000_000),
+            ..ProfileUpdate::default()
+        };
+        let writes = profile_writes(&update);
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        let ProfileWrite::Versioned { timestamp, values } = &writes[0] else {
+            panic!("the versioned statement comes first: {writes:?}");
+        };
+        assert_eq!(*timestamp, 1_650_000_000_000_000);
+        assert_eq!(values.len(), versioned_fields().count());
+        let set: Vec<&str> = versioned_fields()
+            .zip(values)
+            .filter(|(_, value)| value.is_some())
+            .map(|(spec, _)| spec.column)
+            .collect();
+        assert_eq!(set, ["city", "updated_date"]);
+        assert!(matches!(&writes[1], ProfileWrite::Column(cell) if cell.column == "first_access"));
+    }
+
+    #[test]
+    fn the_statement_rows_bind_timestamp_columns_and_key_in_order() {
+        let row = statement_row(7, vec![None, Some(CqlValue::BigInt(3))], "d");
+        assert_eq!(row.len(), 4);
+        assert!(matches!(row[0], MaybeUnset::Set(CqlValue::BigInt(7))));
+        assert!(matches!(row[1], MaybeUnset::Unset));
+        assert!(matches!(row[2], MaybeUnset::Set(CqlValue::BigInt(3))));
+        assert!(matches!(&row[3], MaybeUnset::Set(CqlValue::Text(key)) if key == "d"));
     }
 
     #[test]

@@ -255,7 +255,7 @@ fn hash_fields(update: &ProfileUpdate) -> Vec<(ScriptRule, &'static str, String)
 }
 
 /// A value as the hash stores it: numbers in decimal, maps as their JSON text.
-pub(crate) fn hash_value(value: FieldValue<'_>) -> String {
+pub fn hash_value(value: FieldValue<'_>) -> String {
     match value {
         FieldValue::Text(text) => text.into_owned(),
         FieldValue::BigInt(number) | FieldValue::Timestamp(number) => number.to_string(),

@@ -206,6 +206,11 @@ impl ServiceChild {
         Ok(parse_memory(&status))
     }
 
+    /// CPU seconds (user + system) the service has used so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        process_cpu_seconds(self.pid)
+    }
+
     /// SIGTERM, then waits for the exit; a service that does not stop in time is killed.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let sent = Command::new("kill")
@@ -233,6 +238,52 @@ impl ServiceChild {
             }
         }
     }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, fixed at 100 by the kernel ABI).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// CPU seconds (user + system, `utime` + `stime`) process `pid` has used so far.
+pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_cpu_seconds(&stat).with_context(|| format!("no CPU times in {path}"))
+}
+
+/// `utime` + `stime` (fields 14 and 15) of a `/proc/<pid>/stat` line, in seconds. The command
+/// name (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // After the name, field 3 (state) comes first: field n is at n - 3.
+    let mut fields = after_name.split_whitespace().skip(14 - 3);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / CLOCK_TICKS_PER_S)
+}
+
+/// The pid of the stack's Cassandra: `chosen`, else the one `java` process whose main class is
+/// `CassandraDaemon`; `None` when there is none or more than one (another stack).
+pub fn cassandra_pid(chosen: Option<u32>) -> Option<u32> {
+    if chosen.is_some() {
+        return chosen;
+    }
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        runs_cassandra(&cmdline).then_some(pid)
+    });
+    let pid = found.next()?;
+    found.next().is_none().then_some(pid)
+}
+
+/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a JVM running Cassandra, not
+/// merely a command naming it (a `pgrep -f CassandraDaemon`).
+fn runs_cassandra(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|&byte| byte == 0);
+    let is_java = args
+        .next()
+        .is_some_and(|program| program.ends_with(b"java"));
+    is_java && args.any(|arg| arg.ends_with(b".CassandraDaemon"))
 }
 
 /// VmRSS and VmHWM (kB in the file) of a `/proc/<pid>/status` text, in MiB.
@@ -271,6 +322,22 @@ mod tests {
                 peak_mib: 200.0
             }
         );
+    }
+
+    #[test]
+    fn cpu_seconds_are_utime_plus_stime_counted_after_the_name() {
+        let stat = "2566 (java (x) y) S 1 2 3 4 5 6 7 8 9 10 250 150 11 12 20 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(4.0));
+        assert_eq!(parse_cpu_seconds("2566 (java) S 1 2"), None);
+        assert!(process_cpu_seconds(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn cassandra_is_a_jvm_whose_main_class_is_the_daemon() {
+        let jvm = b"/usr/bin/java\0-Xmx1G\0org.apache.cassandra.service.CassandraDaemon\0";
+        assert!(runs_cassandra(jvm));
+        assert!(!runs_cassandra(b"pgrep\0-f\0CassandraDaemon\0"));
+        assert!(!runs_cassandra(b"/usr/bin/java\0-jar\0kafka.jar\0"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod get;
 mod probe;
 mod push;
 mod refresh;
+mod store_limit;
 pub mod table;
 mod visibility;
 
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     pub redis_url: String,
     #[arg(long, env = "CASSANDRA_NODES", default_value = "127.0.0.1:9042")]
     pub cassandra_nodes: String,
+    /// The stack's Cassandra process, whose CPU the push measurement reports [default: the
+    /// one process naming CassandraDaemon].
+    #[arg(long, env = "BENCH_CASSANDRA_PID")]
+    pub cassandra_pid: Option<u32>,
     /// The service binary to measure [default: hawkeye-customer-cache next to this executable].
     #[arg(long, env = "BENCH_SERVICE_BINARY")]
     pub service_binary: Option<PathBuf>,
@@ -133,6 +138,7 @@ pub struct Bench {
     pub binary: PathBuf,
     pub sizes: Sizes,
     pub run_id: String,
+    pub cassandra_pid: Option<u32>,
 }
 
 impl Bench {
@@ -177,6 +183,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         binary: service_binary(args.service_binary.as_deref())?,
         sizes: Sizes::of(&args),
         run_id: format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        cassandra_pid: args.cassandra_pid,
     };
     if cfg!(debug_assertions) {
         eprintln!(

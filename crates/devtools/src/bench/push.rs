@@ -1,5 +1,6 @@
 //! Measurement 1: device profile push throughput, against the per-event design it replaces and
-//! against the raw ceiling of the stores (no Kafka), interleaved repetition by repetition.
+//! against the stores' own limit (plain writes of the same rows, no Kafka), interleaved
+//! repetition by repetition, with the CPU the service and Cassandra spend per event.
 
 use std::time::Duration;
 
@@ -12,9 +13,12 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
+use super::store_limit::{self, per_100k, StoreLimit, INSERTS_IN_FLIGHT};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
+use crate::service::{
+    cassandra_pid, isolated_env, isolated_kafka, process_cpu_seconds, Memory, ServiceChild,
+};
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{ensure_topics, producer};
 use hawkeye_customer_cache::profile::event::parse_event;
@@ -25,13 +29,11 @@ const BASE_VERSION_MS: i64 = 1_700_000_000_000;
 /// Deliveries awaited at once while pre-producing.
 const PRODUCE_IN_FLIGHT: usize = 10_000;
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The service's batch size (`PipelineSettings::default().max_batch`): the ceiling writes
+/// The service's batch size (`PipelineSettings::default().max_batch`): the store limit writes
 /// chunks of the same size, merged the same way.
 const CHUNK: usize = 2_000;
-/// Chunks in flight tried for the ceiling in full mode; the best is used.
-const CEILING_CONCURRENCIES: [usize; 3] = [1, 4, 16];
-/// The ceiling's concurrency in quick mode.
-const QUICK_CEILING_CONCURRENCY: usize = 4;
+/// Events of each store-limit run at most: enough for a steady rate (about 10 s of inserts).
+const STORE_LIMIT_EVENTS: usize = 100_000;
 /// A service that acknowledges nothing new for this long has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const METRIC_POLL: Duration = Duration::from_millis(50);
@@ -89,72 +91,152 @@ fn update_of(prefix: &str, index: usize, devices: usize) -> anyhow::Result<Profi
 
 pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let sizes = &bench.sizes;
-    let ceiling_concurrency = best_ceiling_concurrency(bench).await?;
-    let mut service_rates = Vec::new();
+    let cassandra_pid = cassandra_pid(bench.cassandra_pid);
+    let mut runs = Vec::new();
     let mut per_event_rates = Vec::new();
-    let mut ceiling_rates = Vec::new();
-    let mut peak = Memory::default();
+    let mut limits = Vec::new();
     for rep in 0..sizes.repetitions {
-        let run = service_run(bench, rep).await?;
+        let run = service_run(bench, rep, cassandra_pid).await?;
         eprintln!("bench: push {rep}: service {:.0} ev/s", run.events_per_s);
-        service_rates.push(run.events_per_s);
-        peak.peak_mib = peak.peak_mib.max(run.memory.peak_mib);
+        runs.push(run);
         per_event_rates.push(per_event_baseline(bench, rep).await?);
-        let ceiling = bench.harness(&bench.name(&format!("ceiling{rep}"))).await?;
-        let prefix = bench.name(&format!("ceiling{rep}"));
-        ceiling_rates.push(
-            ceiling_rate(
-                &ceiling,
-                &prefix,
-                sizes.push_events,
-                sizes.push_devices,
-                ceiling_concurrency,
-            )
-            .await?,
-        );
+        limits.push(store_limit_of(bench, rep, cassandra_pid).await?);
     }
+    let service_rates: Vec<f64> = runs.iter().map(|run| run.events_per_s).collect();
+    let limit_rates: Vec<f64> = limits.iter().map(StoreLimit::events_per_s).collect();
     let service = median(&service_rates);
     let per_event = median(&per_event_rates);
-    let ceiling = median(&ceiling_rates);
+    let limit = median(&limit_rates);
+    let peak_mib = runs
+        .iter()
+        .map(|run| run.memory.peak_mib)
+        .fold(0.0, f64::max);
     let what = format!(
         "push: {} events over {} devices",
         thousands(sizes.push_events as f64),
         thousands(sizes.push_devices as f64)
     );
     let rate = |value: f64| format!("{} ev/s", thousands(value));
+    let mut rows = vec![
+        Row::new(&what, rate(service))
+            .baseline(
+                format!("per-event job {}", rate(per_event)),
+                service / per_event,
+            )
+            .target(">= 10x", service >= 10.0 * per_event),
+        Row::new(&what, rate(service))
+            .baseline(format!("store limit {}", rate(limit)), service / limit)
+            .target(">= 0.70x", service >= 0.7 * limit),
+        Row::new("memory: peak RSS during push", format!("{peak_mib:.0} MiB")).target(
+            format!("< {MEMORY_TARGET_MIB:.0} MiB"),
+            peak_mib < MEMORY_TARGET_MIB,
+        ),
+    ];
+    rows.extend(cpu_row(&runs, &limits));
     Ok(Report {
-        rows: vec![
-            Row::new(&what, rate(service))
-                .baseline(format!("per-event job {}", rate(per_event)), service / per_event)
-                .target(">= 10x", service >= 10.0 * per_event),
-            Row::new(&what, rate(service))
-                .baseline(format!("raw ceiling {}", rate(ceiling)), service / ceiling)
-                .target(">= 0.70x", service >= 0.7 * ceiling),
-            Row::new("memory: peak RSS during push", format!("{:.0} MiB", peak.peak_mib)).target(
-                format!("< {MEMORY_TARGET_MIB:.0} MiB"),
-                peak.peak_mib < MEMORY_TARGET_MIB,
-            ),
-        ],
+        rows,
         notes: vec![
             format!(
                 "push: events pre-produced to the service's topic, then the service started; timed \
                  from the first to the last event acknowledged by both stores ({ACKNOWLEDGED}); \
                  {CHECKED_DEVICES} devices checked to hold their last event in Redis and Cassandra. \
-                 Medians of {} runs: service {:?}, per-event {:?}, ceiling {:?} ev/s",
+                 Medians of {} runs: service {:?}, per-event {:?}, store limit {:?} ev/s",
                 sizes.repetitions,
                 rounded(&service_rates),
                 rounded(&per_event_rates),
-                rounded(&ceiling_rates),
+                rounded(&limit_rates),
             ),
             format!(
                 "push baselines: per-event job = one event at a time, no Kafka: HSET of its fields, \
                  Cassandra INSERT, then UPDATE .. SET first_access IF first_access = null ({} events \
-                 per run); raw ceiling = the service's own ProfileStores::upsert from the harness, no \
-                 Kafka, chunks of {CHUNK} merged events, {ceiling_concurrency} chunks in flight",
-                sizes.per_event_baseline_events
+                 per run); store limit = the slower of Cassandra (the best of plain prepared INSERTs \
+                 of every column of the same rows into a scratch table, {:?} in flight) and Redis \
+                 (HSET of the same fields into scratch keys, one pipeline per chunk of {CHUNK} \
+                 merged events), {} events each. Runs: {}",
+                sizes.per_event_baseline_events,
+                INSERTS_IN_FLIGHT,
+                thousands(store_limit_events(sizes) as f64),
+                limits
+                    .iter()
+                    .map(|limit| format!(
+                        "Cassandra {} ev/s ({} in flight), Redis {} ev/s",
+                        thousands(limit.cassandra.events_per_s),
+                        limit.cassandra.in_flight,
+                        thousands(limit.redis_events_per_s)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            format!(
+                "CPU: utime + stime from /proc/<pid>/stat over the timed part of each run, per \
+                 100k events; Cassandra is the JVM whose main class is CassandraDaemon ({})",
+                cassandra_pid.map_or("not found: give --cassandra-pid".to_string(), |pid| format!("pid {pid}"))
             ),
         ],
     })
+}
+
+/// CPU per 100k events of the service and of Cassandra during the push, beside Cassandra's
+/// for the plain INSERTs: the write pattern should cost Cassandra no more than those.
+fn cpu_row(runs: &[ServiceRun], limits: &[StoreLimit]) -> Option<Row> {
+    let service = median(
+        &runs
+            .iter()
+            .map(|run| run.service_cpu_per_100k)
+            .collect::<Vec<_>>(),
+    );
+    let cassandra: Option<Vec<f64>> = runs.iter().map(|run| run.cassandra_cpu_per_100k).collect();
+    let inserts: Option<Vec<f64>> = limits
+        .iter()
+        .map(|limit| limit.cassandra.cassandra_cpu_per_100k)
+        .collect();
+    let (cassandra, inserts) = (median(&cassandra?), median(&inserts?));
+    Some(
+        Row::new(
+            "CPU per 100k events during the push: service / Cassandra",
+            format!("{service:.1} s / {cassandra:.1} s"),
+        )
+        .baseline(
+            format!("Cassandra, plain INSERTs {inserts:.1} s"),
+            cassandra / inserts,
+        )
+        .target("<= 1.00x", cassandra <= inserts),
+    )
+}
+
+/// Events each store-limit run writes: the push's, up to [`STORE_LIMIT_EVENTS`].
+fn store_limit_events(sizes: &super::Sizes) -> usize {
+    sizes.push_events.min(STORE_LIMIT_EVENTS)
+}
+
+async fn store_limit_of(
+    bench: &Bench,
+    rep: usize,
+    cassandra_pid: Option<u32>,
+) -> anyhow::Result<StoreLimit> {
+    let name = bench.name(&format!("store_limit{rep}"));
+    let harness = bench.harness(&name).await?;
+    let events = store_limit_events(&bench.sizes);
+    let devices = bench.sizes.push_devices;
+    let rows = |prefix: &str| merged_chunks(prefix, events, devices);
+    store_limit::measure(&harness, events, rows, &name, cassandra_pid).await
+}
+
+/// The events as the service batches them: chunks of [`CHUNK`], merged.
+fn merged_chunks(
+    prefix: &str,
+    events: usize,
+    devices: usize,
+) -> anyhow::Result<Vec<Vec<ProfileUpdate>>> {
+    (0..events)
+        .step_by(CHUNK)
+        .map(|first| {
+            let updates = (first..(first + CHUNK).min(events))
+                .map(|index| update_of(prefix, index, devices))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(merge::merge(updates))
+        })
+        .collect()
 }
 
 fn rounded(values: &[f64]) -> Vec<u64> {
@@ -165,10 +247,28 @@ fn rounded(values: &[f64]) -> Vec<u64> {
 struct ServiceRun {
     events_per_s: f64,
     memory: Memory,
+    /// CPU seconds per 100k events over the timed part of the run.
+    service_cpu_per_100k: f64,
+    cassandra_cpu_per_100k: Option<f64>,
+}
+
+/// CPU seconds used so far by the service and by Cassandra.
+fn cpu_now(
+    service: &ServiceChild,
+    cassandra_pid: Option<u32>,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    Ok((
+        service.cpu_seconds()?,
+        cassandra_pid.map(process_cpu_seconds).transpose()?,
+    ))
 }
 
 /// Pre-produces the events, starts a fresh service and times it through them.
-async fn service_run(bench: &Bench, rep: usize) -> anyhow::Result<ServiceRun> {
+async fn service_run(
+    bench: &Bench,
+    rep: usize,
+    cassandra_pid: Option<u32>,
+) -> anyhow::Result<ServiceRun> {
     let sizes = &bench.sizes;
     let name = bench.name(&format!("push{rep}"));
     let env = isolated_env(&bench.stack, &name);
@@ -176,7 +276,10 @@ async fn service_run(bench: &Bench, rep: usize) -> anyhow::Result<ServiceRun> {
     produce(&kafka, &name, sizes.push_events, sizes.push_devices).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let (started, first) = wait_for_acknowledged(&service, 1).await?;
+    let cpu_started = cpu_now(&service, cassandra_pid)?;
     let (finished, last) = wait_for_acknowledged(&service, sizes.push_events).await?;
+    let cpu_finished = cpu_now(&service, cassandra_pid)?;
+    let timed_events = last.saturating_sub(first).max(1);
     let seconds = (finished - started).as_secs_f64().max(1e-3);
     let events_per_s = if last > first {
         (last - first) as f64 / seconds
@@ -190,6 +293,11 @@ async fn service_run(bench: &Bench, rep: usize) -> anyhow::Result<ServiceRun> {
     Ok(ServiceRun {
         events_per_s,
         memory,
+        service_cpu_per_100k: per_100k(cpu_finished.0 - cpu_started.0, timed_events),
+        cassandra_cpu_per_100k: cpu_started
+            .1
+            .zip(cpu_finished.1)
+            .map(|(before, after)| per_100k(after - before, timed_events)),
     })
 }
 
@@ -336,57 +444,6 @@ async fn per_event_baseline(bench: &Bench, rep: usize) -> anyhow::Result<f64> {
             .await?;
     }
     Ok(events as f64 / started.elapsed().as_secs_f64().max(1e-3))
-}
-
-/// The stores written straight from the harness with the service's write path, `concurrency`
-/// chunks of merged events at a time. Events per second.
-async fn ceiling_rate(
-    harness: &Harness,
-    prefix: &str,
-    events: usize,
-    devices: usize,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    futures::stream::iter((0..events).step_by(CHUNK))
-        .map(|first| async move {
-            let updates = (first..(first + CHUNK).min(events))
-                .map(|index| update_of(prefix, index, devices))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            harness.stores.upsert(&merge::merge(updates)).await?;
-            Ok::<_, anyhow::Error>(())
-        })
-        .buffer_unordered(concurrency)
-        .try_collect::<()>()
-        .await?;
-    Ok(events as f64 / started.elapsed().as_secs_f64().max(1e-3))
-}
-
-/// The ceiling's best number of chunks in flight, tried on a tenth of the events (full mode).
-async fn best_ceiling_concurrency(bench: &Bench) -> anyhow::Result<usize> {
-    if bench.sizes.repetitions == 1 {
-        return Ok(QUICK_CEILING_CONCURRENCY);
-    }
-    let name = bench.name("ceiling_probe");
-    let harness = bench.harness(&name).await?;
-    let events = (bench.sizes.push_events / 10).max(CHUNK);
-    let mut best = (QUICK_CEILING_CONCURRENCY, 0.0);
-    for concurrency in CEILING_CONCURRENCIES {
-        let prefix = format!("{name}-c{concurrency}");
-        let rate = ceiling_rate(
-            &harness,
-            &prefix,
-            events,
-            bench.sizes.push_devices,
-            concurrency,
-        )
-        .await?;
-        eprintln!("bench: ceiling with {concurrency} chunks in flight: {rate:.0} ev/s");
-        if rate > best.1 {
-            best = (concurrency, rate);
-        }
-    }
-    Ok(best.0)
 }
 
 #[cfg(test)]

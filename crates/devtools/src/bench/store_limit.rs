@@ -1,0 +1,172 @@
+//! The stores' own limit: what Cassandra and Redis take when the push's rows are written the
+//! plainest way (prepared `INSERT`s into a scratch table, pipelined `HSET`s into scratch keys),
+//! measured in the same run as the service, with Cassandra's CPU for the inserts.
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use scylla::value::{CqlValue, MaybeUnset};
+use tokio::time::Instant;
+
+use super::probe::Harness;
+use crate::service::process_cpu_seconds;
+use hawkeye_customer_cache::profile::fields::FIELDS;
+use hawkeye_customer_cache::profile::ProfileUpdate;
+use hawkeye_customer_cache::stores::cassandra::{cql_value, DEVICE_PROFILE_CQL};
+use hawkeye_customer_cache::stores::redis::hash_value;
+
+/// `INSERT`s in flight tried; the best is the limit.
+pub const INSERTS_IN_FLIGHT: [usize; 3] = [64, 256, 1024];
+/// `HSET` pipelines in flight on the one multiplexed connection.
+const PIPELINES_IN_FLIGHT: usize = 2;
+/// The scratch table: `device_profile`'s columns, never read by the service.
+const SCRATCH_TABLE: &str = "store_limit";
+
+/// What the stores took, in events per second of the push's events.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimit {
+    pub cassandra: InsertRun,
+    pub redis_events_per_s: f64,
+}
+
+impl StoreLimit {
+    /// The slower store bounds any write path that writes both.
+    pub fn events_per_s(&self) -> f64 {
+        self.cassandra.events_per_s.min(self.redis_events_per_s)
+    }
+}
+
+/// The best of the `INSERT` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct InsertRun {
+    pub in_flight: usize,
+    pub events_per_s: f64,
+    /// Cassandra's CPU seconds per 100k events during the run; `None` without its pid.
+    pub cassandra_cpu_per_100k: Option<f64>,
+}
+
+/// The limit for `events` events whose merged updates are `rows(prefix)` (one set of device
+/// ids per run, so that no run overwrites another's partitions).
+pub async fn measure(
+    harness: &Harness,
+    events: usize,
+    rows: impl Fn(&str) -> anyhow::Result<Vec<Vec<ProfileUpdate>>>,
+    prefix: &str,
+    cassandra_pid: Option<u32>,
+) -> anyhow::Result<StoreLimit> {
+    let mut best: Option<InsertRun> = None;
+    for in_flight in INSERTS_IN_FLIGHT {
+        let chunks = rows(&format!("{prefix}-insert{in_flight}"))?;
+        let run = insert_run(harness, events, &chunks, in_flight, cassandra_pid).await?;
+        eprintln!(
+            "bench: store limit, {in_flight} INSERTs in flight: {:.0} ev/s",
+            run.events_per_s
+        );
+        if best.is_none_or(|best| run.events_per_s > best.events_per_s) {
+            best = Some(run);
+        }
+    }
+    let chunks = rows(&format!("{prefix}-hset"))?;
+    let redis_events_per_s = hset_rate(harness, events, &chunks).await?;
+    eprintln!("bench: store limit, pipelined HSETs: {redis_events_per_s:.0} ev/s");
+    Ok(StoreLimit {
+        cassandra: best.context("no INSERT run")?,
+        redis_events_per_s,
+    })
+}
+
+/// Every row as a plain `INSERT` of all columns (absent ones unset), `in_flight` at a time.
+async fn insert_run(
+    harness: &Harness,
+    events: usize,
+    chunks: &[Vec<ProfileUpdate>],
+    in_flight: usize,
+    cassandra_pid: Option<u32>,
+) -> anyhow::Result<InsertRun> {
+    let session = harness.cassandra.session();
+    let table = format!("{}.{SCRATCH_TABLE}", harness.cassandra.keyspace());
+    let create = DEVICE_PROFILE_CQL.replace(
+        "CREATE TABLE IF NOT EXISTS device_profile (",
+        &format!("CREATE TABLE IF NOT EXISTS {table} ("),
+    );
+    session
+        .query_unpaged(create, ())
+        .await
+        .context("cannot create the scratch table")?;
+    let columns: Vec<&str> = FIELDS.iter().map(|spec| spec.column).collect();
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {table} (device_id, {}) VALUES (?{})",
+            columns.join(", "),
+            ", ?".repeat(columns.len())
+        ))
+        .await
+        .context("cannot prepare the store-limit INSERT")?;
+    let cpu_before = cassandra_pid.map(process_cpu_seconds).transpose()?;
+    let started = Instant::now();
+    futures::stream::iter(chunks.iter().flatten())
+        .map(|update| session.execute_unpaged(&insert, insert_row(update)))
+        .buffer_unordered(in_flight)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .context("store-limit INSERT")?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-3);
+    let cpu_after = cassandra_pid.map(process_cpu_seconds).transpose()?;
+    Ok(InsertRun {
+        in_flight,
+        events_per_s: events as f64 / seconds,
+        cassandra_cpu_per_100k: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| per_100k(after - before, events)),
+    })
+}
+
+/// CPU seconds per 100k events.
+pub fn per_100k(cpu_seconds: f64, events: usize) -> f64 {
+    cpu_seconds * 100_000.0 / events.max(1) as f64
+}
+
+/// The key, then every column of the table in `FIELDS` order.
+fn insert_row(update: &ProfileUpdate) -> Vec<MaybeUnset<CqlValue>> {
+    let mut row = vec![MaybeUnset::Set(CqlValue::Text(update.device_id.clone()))];
+    row.extend(
+        FIELDS
+            .iter()
+            .map(|spec| MaybeUnset::from_option(update.value(spec.field).map(cql_value))),
+    );
+    row
+}
+
+/// One pipeline of `HSET`s of every hash field per chunk.
+async fn hset_rate(
+    harness: &Harness,
+    events: usize,
+    chunks: &[Vec<ProfileUpdate>],
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    futures::stream::iter(chunks)
+        .map(|chunk| async move {
+            let mut pipeline = redis::pipe();
+            for update in chunk {
+                let key = format!(
+                    "{}:store_limit",
+                    harness.redis.device_key(&update.device_id)
+                );
+                pipeline.hset_multiple(key, &hash_fields(update)).ignore();
+            }
+            pipeline
+                .query_async::<()>(&mut harness.redis.connection())
+                .await
+                .context("store-limit HSET")
+        })
+        .buffer_unordered(PIPELINES_IN_FLIGHT)
+        .try_collect::<()>()
+        .await?;
+    Ok(events as f64 / started.elapsed().as_secs_f64().max(1e-3))
+}
+
+fn hash_fields(update: &ProfileUpdate) -> Vec<(&'static str, String)> {
+    FIELDS
+        .iter()
+        .filter_map(|spec| Some((spec.redis?, hash_value(update.value(spec.field)?))))
+        .collect()
+}
