@@ -3,42 +3,27 @@
 //! letters without a value are skipped and counted; `--from-offset` starts later.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message};
-use tokio::process::Command;
 
 use crate::common::profiles::{header, produce, producer, TopicReader};
-use crate::common::service::{isolated_env, BINARY};
+use crate::common::service::{isolated_env, run_command};
 use crate::common::{stack, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `profile replay-dlq` with `args` to its end: exit code, stdout lines, stderr.
 async fn replay_dlq(env: &HashMap<String, String>, args: &[&str]) -> (i32, Vec<String>, String) {
-    let output = tokio::time::timeout(
-        WAIT,
-        Command::new(BINARY)
-            .args(["profile", "replay-dlq"])
-            .args(args)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("replay-dlq did not end in time")
-    .expect("cannot run the binary");
-    let stdout = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
+    let command: Vec<&str> = ["profile", "replay-dlq"]
+        .iter()
+        .chain(args)
+        .copied()
         .collect();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code().unwrap_or(-1), stdout, stderr)
+    let (code, stdout, stderr) = run_command(&command, env, WAIT).await;
+    (code, stdout.lines().map(str::to_string).collect(), stderr)
 }
 
 /// How many records `topic` holds (the sum of its partitions' end offsets).
