@@ -28,6 +28,8 @@ pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.
 pub struct CassandraStore {
     session: Arc<Session>,
     keyspace: String,
+    /// `CASSANDRA_WRITE_CONCURRENCY`: device batches in flight at once per upsert call.
+    writes_in_flight: usize,
 }
 
 /// Every request at `CASSANDRA_CONSISTENCY`; token-aware routing, within `CASSANDRA_LOCAL_DC`
@@ -78,6 +80,7 @@ impl CassandraStore {
         let store = CassandraStore {
             session: Arc::new(session),
             keyspace: settings.cassandra_keyspace.clone(),
+            writes_in_flight: settings.cassandra_write_concurrency,
         };
         let replication = settings
             .cassandra_create_keyspace
@@ -136,9 +139,6 @@ impl CassandraStore {
     }
 }
 
-/// Device batches in flight at once per upsert call.
-const PROFILE_WRITES_IN_FLIGHT: usize = 256;
-
 /// Writes device profiles into `device_profile`: one unlogged single-partition batch per
 /// device whose cell timestamps encode the per-field rules, so no read and no lightweight
 /// transaction is needed (docs/architecture.md, "Device profile push").
@@ -146,6 +146,7 @@ const PROFILE_WRITES_IN_FLIGHT: usize = 256;
 pub struct ProfileWriter {
     session: Arc<Session>,
     statements: Arc<ProfileStatements>,
+    writes_in_flight: usize,
 }
 
 /// The statements of the write path, prepared once.
@@ -193,6 +194,7 @@ impl ProfileWriter {
         }
         Ok(ProfileWriter {
             session: store.session.clone(),
+            writes_in_flight: store.writes_in_flight,
             statements: Arc::new(ProfileStatements {
                 versioned,
                 by_column,
@@ -200,7 +202,7 @@ impl ProfileWriter {
         })
     }
 
-    /// Writes every update: one batch per device, at most `PROFILE_WRITES_IN_FLIGHT` at a time.
+    /// Writes every update: one batch per device, at most `CASSANDRA_WRITE_CONCURRENCY` at a time.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Refusals, StoreError> {
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
@@ -215,7 +217,7 @@ impl ProfileWriter {
             })
             .collect();
         let written: Vec<(&str, Result<(), StoreError>)> = futures::stream::iter(writes)
-            .buffer_unordered(PROFILE_WRITES_IN_FLIGHT)
+            .buffer_unordered(self.writes_in_flight)
             .collect()
             .await;
         refusals(written)

@@ -160,6 +160,7 @@ async fn cassandra_cluster_settings_shape_the_keyspace_and_the_routing() {
     );
     env.insert("CASSANDRA_LOCAL_DC".into(), "datacenter1".into());
     env.insert("CASSANDRA_CONSISTENCY".into(), "ALL".into());
+    env.insert("CASSANDRA_WRITE_CONCURRENCY".into(), "8".into());
     let mut service = ServiceProcess::start(env.clone());
     service.wait_ready(Duration::from_secs(60)).await;
     let session = cassandra_session().await;
