@@ -107,17 +107,11 @@ impl ProfilePipeline {
             self.dead_letter(message, &reason, rejection.kind(), shutdown)
                 .await?;
         }
-        let refused = self.write(&accepted, shutdown).await?;
+        let (written, refused) = self.write(&accepted, shutdown).await?;
         for (message, error) in &refused {
             self.dead_letter(message, &error.to_string(), "store_refused", shutdown)
                 .await?;
         }
-        let written = merge::merge(
-            accepted
-                .into_iter()
-                .filter(|(message, _)| !refused.iter().any(|(r, _)| std::ptr::eq(*r, *message)))
-                .map(|(_, update)| update),
-        );
         self.push_last_contacts(&written, shutdown).await?;
         let now_ms = Utc::now().timestamp_millis();
         for message in batch {
@@ -223,14 +217,18 @@ impl ProfilePipeline {
         Ok(())
     }
 
-    /// Writes the accepted events; returns those a store refused for good, with why.
+    /// Writes the accepted events; returns the merged updates of the events written, and the
+    /// events a store refused for good, with why.
     async fn write<'a>(
         &self,
         accepted: &[Accepted<'a>],
         shutdown: &CancellationToken,
-    ) -> Result<Vec<(&'a OwnedMessage, StoreError)>, Abandoned> {
+    ) -> Result<(Vec<ProfileUpdate>, Vec<(&'a OwnedMessage, StoreError)>), Abandoned> {
         let merged = merge::merge(accepted.iter().map(|(_, update)| update.clone()));
-        let refused_devices = self.write_settled(merged, shutdown).await?;
+        let refused_devices = self.write_settled(&merged, shutdown).await?;
+        if refused_devices.is_empty() {
+            return Ok((merged, Vec::new()));
+        }
         // Narrowed to the events: each event of a refused device is written alone (writes
         // are order-independent), so that only the ones refused alone are dead-lettered.
         let mut refused = Vec::new();
@@ -240,7 +238,7 @@ impl ProfilePipeline {
         for (message, update) in of_refused_devices {
             let alone = merge::merge([update.clone()]);
             if let Some(error) = self
-                .write_settled(alone, shutdown)
+                .write_settled(&alone, shutdown)
                 .await?
                 .into_values()
                 .next()
@@ -248,18 +246,27 @@ impl ProfilePipeline {
                 refused.push((*message, error));
             }
         }
-        Ok(refused)
+        let written = merge::merge(
+            accepted
+                .iter()
+                .filter(|(message, _)| !refused.iter().any(|(r, _)| std::ptr::eq(*r, *message)))
+                .map(|(_, update)| update.clone()),
+        );
+        Ok((written, refused))
     }
 
     /// Writes `updates` until every device is written or was refused
     /// `refusals_before_dead_letter` times; returns the refused devices with the last refusal.
     async fn write_settled(
         &self,
-        mut pending: Vec<ProfileUpdate>,
+        updates: &[ProfileUpdate],
         shutdown: &CancellationToken,
     ) -> Result<BTreeMap<String, StoreError>, Abandoned> {
         let mut refused = BTreeMap::new();
+        // `None`: every update of `updates`; then only the refused ones.
+        let mut again: Option<Vec<ProfileUpdate>> = None;
         for _ in 0..self.settings.refusals_before_dead_letter {
+            let pending = again.as_deref().unwrap_or(updates);
             if pending.is_empty() {
                 break;
             }
@@ -270,7 +277,7 @@ impl ProfilePipeline {
             let outcomes = self
                 .retry(
                     "profile stores",
-                    || stores.upsert(&pending),
+                    || stores.upsert(pending),
                     |_: &StoreError| Failure::Transient,
                     |retry| {
                         metrics
@@ -283,14 +290,14 @@ impl ProfilePipeline {
                 .await?
                 .unwrap_or_default();
             refused.clear();
-            let mut again = Vec::new();
-            for (update, outcome) in pending.into_iter().zip(outcomes) {
+            let mut refused_updates = Vec::new();
+            for (update, outcome) in pending.iter().zip(outcomes) {
                 if let Err(error) = outcome {
                     refused.insert(update.device_id.clone(), error);
-                    again.push(update);
+                    refused_updates.push(update.clone());
                 }
             }
-            pending = again;
+            again = Some(refused_updates);
         }
         Ok(refused)
     }
