@@ -275,7 +275,14 @@ fn verify_profiles(
         }
         None => &verified.differing,
     };
-    if differing.is_empty() {
+    if !verified.legacy_timestamps.is_empty() {
+        println!(
+            "{} devices hold cells in the first timestamp encoding, which ScyllaDB refuses to \
+             update: rewrite them as the README's \"Upgrading stored rows\" says",
+            verified.legacy_timestamps.len()
+        );
+    }
+    if differing.is_empty() && verified.legacy_timestamps.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

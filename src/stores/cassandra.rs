@@ -348,9 +348,13 @@ fn newest_wins(version_ms: i64) -> i64 {
     version_ms.saturating_mul(1000)
 }
 
-/// Cell timestamp of "the smallest value wins": smaller values get larger timestamps.
+/// Cell timestamp of "the smallest value wins": smaller values get larger timestamps, all of
+/// them at or before the epoch. ScyllaDB (`restrict_future_timestamp`) and Cassandra's
+/// `maximum_timestamp_fail_threshold` guardrail refuse cell timestamps more than a few days
+/// ahead of their clock, so the order is reversed by negation rather than from `i64::MAX`
+/// (the first encoding, which `profile verify` reports). Values before the epoch tie.
 fn smallest_wins(value: i64) -> i64 {
-    i64::MAX.saturating_sub(value.max(0))
+    -value.max(0)
 }
 
 fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i64 {
@@ -455,11 +459,11 @@ mod tests {
             timestamp(update.version)
         );
         let first_access = cell_of(&cells, "first_access");
-        assert_eq!(first_access.timestamp, i64::MAX - 1_600_000_000_000);
+        assert_eq!(first_access.timestamp, -1_600_000_000_000);
         assert_eq!(first_access.value, timestamp(1_600_000_000_000));
         assert_eq!(
             cell_of(&cells, "user_declared_on").timestamp,
-            i64::MAX - update.version
+            -update.version
         );
         let contact = cell_of(&cells, "last_contact");
         assert_eq!(contact.timestamp, 1_604_584_627_123_456);
@@ -502,6 +506,47 @@ mod tests {
         assert!(matches!(row[1], MaybeUnset::Unset));
         assert!(matches!(row[2], MaybeUnset::Set(CqlValue::BigInt(3))));
         assert!(matches!(&row[3], MaybeUnset::Set(CqlValue::Text(key)) if key == "d"));
+    }
+
+    proptest::proptest! {
+        /// Whatever an accepted event carries, no cell is written ahead of the clock by more
+        /// than `PROFILE_MAX_FUTURE_SECS` (default one day, within ScyllaDB's three).
+        #[test]
+        fn no_cell_timestamp_of_an_accepted_event_is_ahead_of_the_clock(
+            version_back in 0..i64::MAX,
+            first_access in proptest::num::i64::ANY,
+            contact_back_micros in 0..i64::MAX,
+            declared in proptest::bool::ANY,
+        ) {
+            let now = chrono::Utc::now();
+            let margin = std::time::Duration::from_secs(86_400);
+            let limit = now + chrono::TimeDelta::from_std(margin).unwrap();
+            // Every version and instant the clock check lets through, down to the oldest.
+            let contact_micros = limit.timestamp_micros().saturating_sub(contact_back_micros);
+            let at = chrono::DateTime::from_timestamp_micros(contact_micros)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            let update = ProfileUpdate {
+                device_id: "d".into(),
+                version: limit.timestamp_millis().saturating_sub(version_back),
+                text: if declared {
+                    [(TextField::UserDeclaredState, "KA".to_string())].into()
+                } else {
+                    [(TextField::City, "Pune".to_string())].into()
+                },
+                first_access: Some(first_access),
+                last_contact: Some(LastContact { at, text: at.to_rfc3339() }),
+                ..ProfileUpdate::default()
+            };
+            proptest::prop_assert!(
+                crate::profile::event::check_not_ahead(&update, now, margin).is_ok()
+            );
+            for cell in written_cells(profile_writes(&update)) {
+                proptest::prop_assert!(
+                    cell.timestamp <= limit.timestamp_micros(),
+                    "{} at {} is past {limit}", cell.column, cell.timestamp
+                );
+            }
+        }
     }
 
     #[test]

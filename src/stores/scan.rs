@@ -163,17 +163,30 @@ fn stored_profile(row: Row) -> Option<StoredProfile> {
         _ => return None,
     };
     let mut fields = BTreeMap::new();
+    let mut legacy_timestamps = false;
     for spec in FIELDS {
         let (value, writetime) = (columns.next()?, columns.next()?);
         let writetime = match writetime {
             Some(CqlValue::BigInt(micros)) => Some(micros),
             _ => None,
         };
+        legacy_timestamps |= is_legacy_timestamp(spec.rule, writetime);
         if let Some(stored) = value.and_then(|value| stored_field(spec, value, writetime)) {
             fields.insert(spec.field, stored);
         }
     }
-    Some(StoredProfile { device_id, fields })
+    Some(StoredProfile {
+        device_id,
+        fields,
+        legacy_timestamps,
+    })
+}
+
+/// Today's smallest-wins cells are written at or before the epoch; the first encoding put
+/// them near `i64::MAX`.
+fn is_legacy_timestamp(rule: MergeRule, writetime: Option<i64>) -> bool {
+    matches!(rule, MergeRule::Smallest | MergeRule::EarliestDeclaration)
+        && writetime.is_some_and(|micros| micros > 0)
 }
 
 /// One cell as a [`StoredField`]; `None` for a value not of its column's type.
@@ -287,6 +300,23 @@ mod tests {
             columns.extend([Some(value), Some(CqlValue::BigInt(writetime))]);
         }
         Row { columns }
+    }
+
+    #[test]
+    fn only_smallest_wins_cells_far_ahead_are_the_legacy_encoding() {
+        let first = i64::MAX - 1_600_000_000_000;
+        assert!(is_legacy_timestamp(MergeRule::Smallest, Some(first)));
+        assert!(is_legacy_timestamp(
+            MergeRule::EarliestDeclaration,
+            Some(first)
+        ));
+        assert!(!is_legacy_timestamp(
+            MergeRule::Smallest,
+            Some(-1_600_000_000_000)
+        ));
+        assert!(!is_legacy_timestamp(MergeRule::Smallest, Some(0)));
+        assert!(!is_legacy_timestamp(MergeRule::NewestVersion, Some(first)));
+        assert!(!is_legacy_timestamp(MergeRule::Smallest, None));
     }
 
     #[test]

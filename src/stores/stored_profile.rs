@@ -23,6 +23,10 @@ pub struct StoredField {
 pub struct StoredProfile {
     pub device_id: String,
     pub fields: BTreeMap<Field, StoredField>,
+    /// Cassandra holds a smallest-wins cell in the first timestamp encoding (`i64::MAX -
+    /// value`, far in the future): no write of today's encoding can replace it, so an earlier
+    /// value would be lost. README, "Upgrading stored rows", says how to rewrite them.
+    pub legacy_timestamps: bool,
 }
 
 /// A `last_contact` rebuilt from its instant: Cassandra keeps no text, so it is the instant
@@ -122,6 +126,7 @@ impl StoredProfile {
         StoredProfile {
             device_id: device_id.to_string(),
             fields,
+            legacy_timestamps: false,
         }
     }
 }
@@ -175,6 +180,7 @@ mod tests {
                 .into_iter()
                 .map(|(field, value, version)| (field, StoredField { value, version }))
                 .collect(),
+            legacy_timestamps: false,
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Verified {
     pub shown: Vec<Difference>,
     /// With `--repair`: the differing devices that still differ after it.
     pub still_differing: Option<Vec<String>>,
+    /// Devices whose row holds a cell in the first timestamp encoding (see
+    /// [`StoredProfile::legacy_timestamps`]); `--repair` cannot rewrite those.
+    pub legacy_timestamps: Vec<String>,
 }
 
 impl Verified {
@@ -145,6 +148,9 @@ impl Stores {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let (verified, seen) = &mut *guard;
                 for (profile, (hash, _)) in page.iter().zip(hashes) {
+                    if profile.legacy_timestamps {
+                        verified.legacy_timestamps.push(profile.device_id.clone());
+                    }
                     verified.record(
                         &profile.device_id,
                         differences(&profile.device_id, Some(profile), &hash),
@@ -307,6 +313,7 @@ mod tests {
                 (Field::UpdatedDate, field(FieldValue::Timestamp(1))),
             ]
             .into(),
+            legacy_timestamps: false,
         }
     }
 

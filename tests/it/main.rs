@@ -22,6 +22,7 @@ mod profile_rebuild;
 mod profile_replay_dlq;
 mod profile_restart;
 mod profile_store_outage;
+mod profile_timestamp_upgrade;
 mod profile_topics;
 mod profile_upsert;
 mod profile_verify;
