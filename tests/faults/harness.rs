@@ -269,8 +269,13 @@ async fn cassandra_cities(
         .await
 }
 
-/// Counts the devices of `stream` whose latest version is in each store.
-pub async fn count_latest(env: &HashMap<String, String>, stream: &VersionedStream) -> StoreCount {
+/// Counts the devices of `stream` whose latest version is in each store (Cassandra read
+/// through `session`).
+pub async fn count_latest(
+    env: &HashMap<String, String>,
+    stream: &VersionedStream,
+    session: &Session,
+) -> StoreCount {
     let latest = format!("v{}", stream.versions);
     let mut redis = redis_connection().await;
     let redis_latest = redis_cities(&mut redis, &env["REDIS_DEVICE_KEY_PREFIX"], &stream.devices)
@@ -278,8 +283,7 @@ pub async fn count_latest(env: &HashMap<String, String>, stream: &VersionedStrea
         .iter()
         .filter(|city| city.as_deref() == Some(latest.as_str()))
         .count();
-    let session = cassandra_session().await;
-    let rows = cassandra_cities(&session, &env["CASSANDRA_KEYSPACE"], &stream.devices).await;
+    let rows = cassandra_cities(session, &env["CASSANDRA_KEYSPACE"], &stream.devices).await;
     let cassandra_latest = stream
         .devices
         .iter()
@@ -291,19 +295,30 @@ pub async fn count_latest(env: &HashMap<String, String>, stream: &VersionedStrea
     }
 }
 
-/// Waits until every device of `stream` is at its latest version in both stores. Catching up
-/// on a large push may take long on a small machine, so it fails only when the counts stop
-/// moving for `stall`: then it panics with the devices missing or behind. Returns the devices.
+/// Waits until every device of `stream` is at its latest version in both stores (the stack's
+/// Cassandra). Catching up on a large push may take long on a small machine, so it fails only
+/// when the counts stop moving for `stall`: then it panics with the devices missing or behind.
+/// Returns the devices.
 pub async fn assert_all_latest(
     env: &HashMap<String, String>,
     stream: &VersionedStream,
     stall: Duration,
 ) -> usize {
+    assert_all_latest_in(env, stream, stall, &cassandra_session().await).await
+}
+
+/// [`assert_all_latest`] with Cassandra read through `session` (a cluster of a test's own).
+pub async fn assert_all_latest_in(
+    env: &HashMap<String, String>,
+    stream: &VersionedStream,
+    stall: Duration,
+    session: &Session,
+) -> usize {
     let devices = stream.devices.len();
     let mut last = (0, 0);
     let mut last_progress = Instant::now();
     loop {
-        let count = count_latest(env, stream).await;
+        let count = count_latest(env, stream, session).await;
         if count.redis_latest == devices && count.cassandra_latest == devices {
             return devices;
         }

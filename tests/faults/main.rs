@@ -19,6 +19,7 @@
 mod common;
 
 mod cassandra_auth;
+mod cassandra_cluster;
 mod cassandra_tls;
 mod harness;
 mod kill9;

@@ -1,6 +1,7 @@
-//! A second Cassandra node of a test's own, started by `scripts/stack` in its own stack
-//! directory on free loopback ports with the stack's settings a test asks for (authentication,
-//! TLS), and removed (`scripts/stack down`) on drop.
+//! A Cassandra of a test's own, beside the stack's: one node, or a ring of two
+//! (`STACK_CASSANDRA_NODES=2`: 127.0.0.1 and 127.0.0.2 on the same ports), started by
+//! `scripts/stack` in its own stack directory on free loopback ports with the stack's settings a
+//! test asks for (authentication, TLS), and removed (`scripts/stack down`) on drop.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,21 +14,50 @@ pub struct OwnCassandra {
     pub port: u16,
 }
 
+/// The second node of a ring of two, as `scripts/stack` names it.
+pub const SECOND_NODE: &str = "cassandra2";
+
 impl OwnCassandra {
     /// Starts the node with `settings` (`STACK_CASSANDRA_*` variables) and waits until it answers.
     pub fn start(settings: &[(&str, &str)]) -> Self {
+        Self::start_nodes(settings, &["cassandra"])
+    }
+
+    /// Starts a ring of two nodes with `settings`: the first, then [`SECOND_NODE`] joining it;
+    /// returns once the first lists the second among its peers.
+    pub fn start_two_nodes(settings: &[(&str, &str)]) -> Self {
+        let mut settings = settings.to_vec();
+        settings.push(("STACK_CASSANDRA_NODES", "2"));
+        Self::start_nodes(&settings, &["cassandra", SECOND_NODE])
+    }
+
+    fn start_nodes(settings: &[(&str, &str)], nodes: &[&str]) -> Self {
         let cassandra = OwnCassandra {
             stack_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("cassandra")),
             port: free_port(),
         };
-        let mut command = cassandra.stack(&["start", "cassandra"]);
-        command
-            .envs(settings.iter().copied())
-            .env("STACK_CASSANDRA_PORT", cassandra.port.to_string())
-            .env("STACK_CASSANDRA_STORAGE_PORT", free_port().to_string())
-            .env("STACK_CASSANDRA_HEAP", "512m");
-        cassandra.run(command, "start cassandra");
+        // Fixed by the first start (the stack keeps them in its ports file).
+        let storage_port = free_port().to_string();
+        for node in nodes {
+            let mut command = cassandra.stack(&["start", node]);
+            command
+                .envs(settings.iter().copied())
+                .env("STACK_CASSANDRA_PORT", cassandra.port.to_string())
+                .env("STACK_CASSANDRA_STORAGE_PORT", &storage_port);
+            cassandra.run(command, &format!("start {node}"));
+        }
         cassandra
+    }
+
+    /// Stops `node` (`scripts/stack stop`), keeping its data.
+    pub fn stop(&self, node: &str) {
+        self.run(self.stack(&["stop", node]), &format!("stop {node}"));
+    }
+
+    /// Starts `node` again on its data and waits until it answers (and, for the second node,
+    /// is back in the ring).
+    pub fn restart(&self, node: &str) {
+        self.run(self.stack(&["start", node]), &format!("start {node}"));
     }
 
     /// The `CASSANDRA_*` settings `scripts/stack env` prints for this node.
@@ -48,7 +78,8 @@ impl OwnCassandra {
     }
 
     /// `scripts/stack ARGS` on this node's stack directory, without the `STACK_*` settings of
-    /// the shared stack this test runs beside (its ports would not match this node's).
+    /// the shared stack this test runs beside (its ports would not match this node's), and with
+    /// a small heap for every node it starts (a 2-core machine runs it beside the stack).
     fn stack(&self, args: &[&str]) -> Command {
         let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"));
         for (name, _) in std::env::vars_os() {
@@ -56,7 +87,10 @@ impl OwnCassandra {
                 command.env_remove(name);
             }
         }
-        command.args(args).env("STACK_DIR", &self.stack_dir);
+        command
+            .args(args)
+            .env("STACK_DIR", &self.stack_dir)
+            .env("STACK_CASSANDRA_HEAP", "512m");
         command
     }
 
