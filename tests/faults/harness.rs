@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use serde_json::{json, Value};
 
@@ -222,7 +222,7 @@ pub struct StoreCount {
 
 /// `city` of every device in Redis.
 async fn redis_cities(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     prefix: &str,
     devices: &[String],
 ) -> Vec<Option<String>> {

@@ -25,6 +25,7 @@ mod profile_store_outage;
 mod profile_topics;
 mod profile_upsert;
 mod profile_verify;
+mod redis_cluster;
 mod refresh_atomicity;
 mod refresh_cache;
 mod refresh_failures;
