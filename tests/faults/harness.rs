@@ -16,7 +16,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use serde_json::{json, Value};
 
-use crate::common::cache_fixture::redis_connection;
 use crate::common::profiles::{produce_json, producer, TopicReader};
 use crate::common::service::run_to_exit;
 use crate::common::{cassandra_session, stack, unique, ServiceProcess};
@@ -232,7 +231,8 @@ async fn redis_cities(
         for device in chunk {
             pipe.hget(format!("{prefix}{device}"), "city");
         }
-        let part: Vec<Option<String>> = pipe.query_async(redis).await.expect("HGET pipeline");
+        let part = redis.query_each(pipe).await.expect("HGET pipeline");
+        let part: Vec<Option<String>> = part.into_iter().map(|city| city.expect("HGET")).collect();
         cities.extend(part);
     }
     cities
@@ -272,7 +272,10 @@ async fn cassandra_cities(
 /// Counts the devices of `stream` whose latest version is in each store.
 pub async fn count_latest(env: &HashMap<String, String>, stream: &VersionedStream) -> StoreCount {
     let latest = format!("v{}", stream.versions);
-    let mut redis = redis_connection().await;
+    // The service's Redis: the stack's, or a Redis Cluster of the scenario's own.
+    let mut redis = RedisConnection::connect(&env["REDIS_URL"])
+        .await
+        .expect("cannot connect to the service's Redis");
     let redis_latest = redis_cities(&mut redis, &env["REDIS_DEVICE_KEY_PREFIX"], &stream.devices)
         .await
         .iter()

@@ -227,7 +227,10 @@ pub async fn wait_for_log(
 /// Keys of the customer cache that exist now (live, meta, lock, staging hashes, ...).
 pub async fn cache_keys_present(redis: &mut RedisConnection, keys: &CacheKeys) -> Vec<String> {
     // The live hash's name, and the others' hash tag `{live}`, hold it.
-    let mut found: Vec<String> = redis.keys(format!("*{}*", keys.live())).await.expect("KEYS");
+    let mut found: Vec<String> = redis
+        .keys(format!("*{}*", keys.live()))
+        .await
+        .expect("KEYS");
     found.sort();
     found
 }
