@@ -6,7 +6,25 @@
 //! Redis hashes the text inside the first `{` and the first `}` after it when that text is not
 //! empty (the key's hash tag), else the whole key.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use redis::cluster_routing::Slot;
+
+const SLOTS: usize = 16384;
+
+/// For every slot, the smallest decimal number whose slot it is (all are found below 2^20:
+/// `every_slot_has_a_number_tag`), computed once.
+static NUMBER_TAGS: LazyLock<HashMap<Slot, u32>> = LazyLock::new(|| {
+    let mut tags = HashMap::with_capacity(SLOTS);
+    let mut number = 0_u32;
+    while tags.len() < SLOTS {
+        tags.entry(Slot::for_key(number.to_string()))
+            .or_insert(number);
+        number += 1;
+    }
+    tags
+});
 
 /// The key's hash tag: what Redis hashes instead of the whole key.
 fn hash_tag(key: &str) -> Option<&str> {
@@ -26,11 +44,7 @@ pub fn same_slot_name(key: &str) -> String {
         Some(tag) => format!("{{{tag}}}{key}"),
         None if !key.is_empty() && !key.contains('}') => format!("{{{key}}}"),
         None => {
-            let slot = Slot::for_key(key);
-            // Every slot is some number's below 2^20 (`every_slot_has_a_number_tag`).
-            let number = (0_u32..)
-                .find(|number| Slot::for_key(number.to_string()) == slot)
-                .unwrap_or_default();
+            let number = NUMBER_TAGS[&Slot::for_key(key)];
             format!("{{{number}}}{key}")
         }
     }
@@ -99,9 +113,10 @@ mod tests {
 
     #[test]
     fn every_slot_has_a_number_tag() {
-        let slots: HashSet<Slot> = (0_u32..1 << 20)
-            .map(|number| Slot::for_key(number.to_string()))
-            .collect();
-        assert_eq!(slots.len(), 16384);
+        assert_eq!(NUMBER_TAGS.len(), SLOTS);
+        for (slot, number) in NUMBER_TAGS.iter() {
+            assert!(*number < 1 << 20);
+            assert_eq!(Slot::for_key(number.to_string()), *slot);
+        }
     }
 }
