@@ -273,7 +273,8 @@ const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_fact
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// `redis://` or `rediss://` URL, with password if needed.
+    /// `redis://` or `rediss://` URL, with password if needed; several, comma separated, are
+    /// seed nodes of a Redis Cluster (a cluster is detected either way).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -488,15 +489,23 @@ impl StoreArgs {
 }
 
 fn redis_url(value: &str) -> Result<Secret, String> {
-    // The URL may carry a password, so the error shows only what is wrong with it.
-    let url = Url::parse(value.trim()).map_err(|e| format!("not a URL ({e})"))?;
-    match url.scheme() {
-        "redis" | "rediss" if url.host_str().is_some() => Ok(Secret::new(value.trim())),
-        "redis" | "rediss" => Err("the URL has no host".to_string()),
-        other => Err(format!(
-            "scheme must be redis:// or rediss://, got {other}://"
-        )),
+    // The URLs may carry a password, so the error shows only what is wrong with them.
+    let urls: Vec<&str> = value.split(',').map(str::trim).collect();
+    for (position, text) in urls.iter().enumerate() {
+        let url =
+            Url::parse(text).map_err(|e| format!("URL {} is not a URL ({e})", position + 1))?;
+        match url.scheme() {
+            "redis" | "rediss" if url.host_str().is_some() => {}
+            "redis" | "rediss" => return Err(format!("URL {} has no host", position + 1)),
+            other => {
+                return Err(format!(
+                    "URL {}: scheme must be redis:// or rediss://, got {other}://",
+                    position + 1
+                ))
+            }
+        }
     }
+    Ok(Secret::new(urls.join(",")))
 }
 
 fn cassandra_nodes(value: &str) -> Result<Vec<String>, String> {
@@ -960,6 +969,10 @@ mod tests {
     fn redis_url_errors_never_show_the_password() {
         let err = rejected(&["--redis-url", "http://user:hunter2@host/0"]);
         assert_eq!(err.setting, "REDIS_URL");
+        assert!(!err.to_string().contains("hunter2"));
+        let err = rejected(&["--redis-url", "redis://:hunter2@a:1, redis//:hunter2@b:2"]);
+        assert_eq!(err.setting, "REDIS_URL");
+        assert!(err.to_string().contains("URL 2"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
     }
 

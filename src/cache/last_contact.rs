@@ -5,9 +5,9 @@
 use std::fmt;
 use std::sync::LazyLock;
 
+use crate::stores::redis::RedisConnection;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
-use redis::aio::ConnectionManager;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -61,7 +61,7 @@ static COMPARE_AND_SET: LazyLock<redis::Script> = LazyLock::new(|| {
 /// holds, keeping every other key and value of the entry as stored; readers see the change on
 /// their next request.
 pub async fn push_last_contact(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &CacheKeys,
     serial: &str,
     last_contact: &LastContact,
@@ -105,7 +105,7 @@ pub async fn push_last_contact(
 /// being the serial (`CONTRACT.md` §4: a newer last contact is reflected at once).
 #[derive(Clone)]
 pub struct LastContactPusher {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: CacheKeys,
 }
 

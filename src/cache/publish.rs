@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::stores::redis::RedisConnection;
 use redis::{RedisError, Script};
 
 use super::keys::CacheKeys;
@@ -78,7 +78,7 @@ pub enum PublishError {
 
 /// The refresh lock, held by this process until released or expired.
 pub struct RefreshLock {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     key: String,
     token: String,
 }
@@ -86,7 +86,7 @@ pub struct RefreshLock {
 impl RefreshLock {
     /// Takes the lock if no one holds it (`SET NX PX` with a random token).
     pub async fn try_acquire(
-        mut connection: ConnectionManager,
+        mut connection: RedisConnection,
         keys: &CacheKeys,
     ) -> Result<Option<Self>, RedisError> {
         let key = keys.lock();
@@ -154,7 +154,7 @@ pub struct Generation {
 /// Writes `entries` (serial → entry JSON) into the staging hash, in pipelined chunks that
 /// also (re)set its expiry.
 pub async fn write_staging(
-    mut connection: ConnectionManager,
+    mut connection: RedisConnection,
     staging_key: &str,
     entries: &[(String, String)],
 ) -> Result<(), RedisError> {
@@ -199,7 +199,7 @@ pub async fn publish(
 
 /// Removes the staging hash of a refresh that will not publish.
 pub async fn discard_staging(
-    mut connection: ConnectionManager,
+    mut connection: RedisConnection,
     staging_key: &str,
 ) -> Result<(), RedisError> {
     redis::cmd("DEL")

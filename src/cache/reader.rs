@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use redis::aio::ConnectionManager;
+use crate::stores::redis::RedisConnection;
 use redis::streams::StreamRangeReply;
 
 use super::keys::CacheKeys;
@@ -23,7 +23,7 @@ pub enum ReadError {
 
 /// Keeps an instance's snapshot in step with Redis.
 pub struct CacheReader {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: CacheKeys,
     current: RwLock<Option<Arc<Snapshot>>>,
     /// Held while a snapshot is being replaced, so concurrent requests share one reload.
@@ -38,7 +38,7 @@ struct Poll {
 }
 
 impl CacheReader {
-    pub fn new(redis: ConnectionManager, keys: CacheKeys) -> Self {
+    pub fn new(redis: RedisConnection, keys: CacheKeys) -> Self {
         CacheReader {
             redis,
             keys,

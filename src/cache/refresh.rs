@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stores::redis::RedisConnection;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::keys::CacheKeys;
@@ -165,7 +165,7 @@ pub struct Refresher {
     pub hawkeye: HawkeyeClient,
     pub bruin: BruinClient,
     pub profiles: ProfileStores,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: CacheKeys,
     pub settings: RefreshSettings,
     pub metrics: Arc<Metrics>,

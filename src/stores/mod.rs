@@ -6,6 +6,7 @@ pub mod profiles;
 pub mod rebuild;
 pub mod redis;
 pub mod scan;
+pub mod slots;
 pub mod stored_profile;
 pub mod verify;
 

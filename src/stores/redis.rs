@@ -1,32 +1,260 @@
-//! Redis: connection with automatic reconnection, shared by every task.
+//! Redis: one server or a Redis Cluster, behind one connection type shared by every task.
 
 use chrono::DateTime;
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, Script, ServerErrorKind};
+use futures::{FutureExt, StreamExt};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Script,
+    ServerErrorKind, Value,
+};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::slots::same_slot_name;
 use super::StoreError;
 use crate::config::StoreSettings;
 use crate::observe::http::ReadinessCheck;
 use crate::profile::fields::{map_text, FieldValue, MergeRule, ValueType, FIELDS};
 use crate::profile::{LastContact, ProfileUpdate};
 
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands of one [`RedisConnection::query_each`] in flight at once on a cluster.
+const CLUSTER_COMMANDS_IN_FLIGHT: usize = 512;
+
+/// A connection to one Redis server (reconnecting by itself) or to a Redis Cluster (the
+/// cluster client: it follows `MOVED`/`ASK`, refreshes its slot map after a failover and
+/// reconnects to the new masters). Cheap to clone; every clone shares the connections.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Connects to `urls` (one `redis://` URL, or several separated by commas: seed nodes of a
+    /// cluster). The first seed that answers says whether it is a cluster (`INFO cluster`).
+    pub async fn connect(urls: &str) -> RedisResult<Self> {
+        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let mut unreachable = None;
+        for seed in &seeds {
+            let client = redis::Client::open(*seed)?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let info: String = match client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(mut probe) => {
+                    redis::cmd("INFO")
+                        .arg("cluster")
+                        .query_async(&mut probe)
+                        .await?
+                }
+                Err(error) if error.kind() == ErrorKind::Io => {
+                    unreachable = Some(error);
+                    continue;
+                }
+                Err(refused) => return Err(refused),
+            };
+            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                return Self::connect_cluster(&seeds).await;
+            }
+            if seeds.len() > 1 {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "several URLs are seed nodes of a Redis Cluster, but this server is not part of one",
+                )));
+            }
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(2);
+            let manager = client.get_connection_manager_with_config(config).await?;
+            return Ok(RedisConnection::Server(manager));
+        }
+        Err(unreachable.unwrap_or_else(|| (ErrorKind::InvalidClientConfig, "no URL").into()))
+    }
+
+    async fn connect_cluster(seeds: &[&str]) -> RedisResult<Self> {
+        let client = ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(CONNECTION_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .build()?;
+        Ok(RedisConnection::Cluster(
+            client.get_async_connection().await?,
+        ))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+
+    /// Runs the independent commands of `pipeline` (no transaction, any keys) and returns one
+    /// answer per command, in order: a command that fails fails only its own answer. One
+    /// server: one pipeline, one round trip. A cluster: a pipeline may not span slots, so each
+    /// command goes on its own, many at once; the cluster client multiplexes them over one
+    /// connection per master, and they cost about the same round trips.
+    pub async fn query_each<T: FromRedisValue>(
+        &mut self,
+        mut pipeline: Pipeline,
+    ) -> RedisResult<Vec<RedisResult<T>>> {
+        match self {
+            RedisConnection::Server(server) => {
+                pipeline.ignore_errors();
+                pipeline.query_async(server).await
+            }
+            RedisConnection::Cluster(cluster) => {
+                // Owned commands: futures that borrow the pipeline would not be `Send` for
+                // every lifetime, as the service's spawned tasks need.
+                let calls = pipeline.cmd_iter().cloned().map(|command| {
+                    let mut cluster = cluster.clone();
+                    async move { command.query_async::<T>(&mut cluster).await }
+                });
+                let answers = futures::stream::iter(calls)
+                    .buffered(CLUSTER_COMMANDS_IN_FLIGHT)
+                    .collect()
+                    .await;
+                Ok(answers)
+            }
+        }
+    }
+
+    /// Every key matching the glob `pattern`, `count` per `SCAN` round trip (keys written
+    /// meanwhile may or may not be listed); on a cluster, of every master.
+    pub async fn scan_keys(&mut self, pattern: &str, count: usize) -> RedisResult<Vec<String>> {
+        let cluster = match self {
+            RedisConnection::Server(server) => {
+                return scan_node(pattern, count, |scan| {
+                    let mut server = server.clone();
+                    async move { scan.query_async(&mut server).await }.boxed()
+                })
+                .await
+            }
+            RedisConnection::Cluster(cluster) => cluster,
+        };
+        let mut found = Vec::new();
+        for (host, port) in cluster_masters(cluster).await? {
+            let keys = scan_node(pattern, count, |scan| {
+                let mut cluster = cluster.clone();
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port,
+                });
+                async move {
+                    let answer = cluster.route_command(scan, routing).await?;
+                    Ok(redis::from_redis_value(answer)?)
+                }
+                .boxed()
+            })
+            .await?;
+            found.extend(keys);
+        }
+        Ok(found)
+    }
+}
+
+/// One node's `SCAN` rounds, each sent by `send`.
+async fn scan_node(
+    pattern: &str,
+    count: usize,
+    send: impl Fn(Cmd) -> BoxFuture<'static, RedisResult<(u64, Vec<String>)>>,
+) -> RedisResult<Vec<String>> {
+    let mut cursor = 0_u64;
+    let mut found = Vec::new();
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let (next, keys) = send(scan).await?;
+        found.extend(keys);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
+/// The address of every master of the cluster, from `CLUSTER SLOTS` (each slot range names
+/// its master first: host, port, id).
+async fn cluster_masters(cluster: &mut ClusterConnection) -> RedisResult<BTreeSet<(String, u16)>> {
+    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(cluster)
+        .await?;
+    let mut masters = BTreeSet::new();
+    for range in ranges {
+        let Some(master) = range.into_iter().nth(2) else {
+            return Err((
+                ErrorKind::UnexpectedReturnType,
+                "CLUSTER SLOTS without a master",
+            )
+                .into());
+        };
+        let mut node = redis::from_redis_value::<Vec<Value>>(master)?.into_iter();
+        let (Some(host), Some(port)) = (node.next(), node.next()) else {
+            return Err((
+                ErrorKind::UnexpectedReturnType,
+                "CLUSTER SLOTS without an address",
+            )
+                .into());
+        };
+        masters.insert((
+            redis::from_redis_value(host)?,
+            redis::from_redis_value(port)?,
+        ));
+    }
+    Ok(masters)
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Server(server) => server.req_packed_command(cmd),
+            RedisConnection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Server(server) => server.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(cluster) => {
+                cluster.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Server(server) => server.get_db(),
+            RedisConnection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     device_key_prefix: String,
 }
 
 impl RedisStore {
     /// Connects and checks the server answers; start-up fails here when Redis is unreachable.
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.redis_url.expose())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(2);
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let connection = RedisConnection::connect(settings.redis_url.expose()).await?;
         let store = RedisStore {
             connection,
             device_key_prefix: settings.redis_device_key_prefix.clone(),
@@ -44,7 +272,7 @@ impl RedisStore {
     }
 
     /// A handle for issuing commands; cheap to clone, reconnects by itself.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 
@@ -55,34 +283,15 @@ impl RedisStore {
 
     /// Key of the companion hash holding the per-field versions of one device.
     pub fn device_versions_key(&self, device_id: &str) -> String {
-        format!("versions:{}{device_id}", self.device_key_prefix)
+        versions_key(&self.device_key(device_id))
     }
 }
 
-/// Every key matching the glob `pattern`, `count` per `SCAN` round trip (keys written
-/// meanwhile may or may not be listed).
-pub async fn scan_keys(
-    connection: &mut impl redis::aio::ConnectionLike,
-    pattern: &str,
-    count: usize,
-) -> redis::RedisResult<Vec<String>> {
-    let mut cursor = 0_u64;
-    let mut found = Vec::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(connection)
-            .await?;
-        found.extend(keys);
-        if next == 0 {
-            return Ok(found);
-        }
-        cursor = next;
-    }
+/// Key of the versions hash that goes with the device hash `device_key`, in its slot, so that
+/// the upsert script may touch both on a cluster: `versions:{device:d-1}` for `device:d-1`
+/// (see [`same_slot_name`] for keys holding braces).
+pub fn versions_key(device_key: &str) -> String {
+    format!("versions:{}", same_slot_name(device_key))
 }
 
 /// Writes device profiles into Redis with the upsert script, loaded once and invoked by its
@@ -156,8 +365,10 @@ impl ProfileWriter {
                 .hget(self.store.device_key(device_id), "last_contact")
                 .hget(self.store.device_versions_key(device_id), "last_contact");
         }
-        let answers: Vec<Option<String>> =
-            pipeline.query_async(&mut self.store.connection()).await?;
+        let answers = self.store.connection().query_each(pipeline).await?;
+        let answers = answers
+            .into_iter()
+            .collect::<RedisResult<Vec<Option<String>>>>()?;
         Ok(answers
             .chunks(2)
             .map(|pair| match pair {
@@ -173,9 +384,8 @@ impl ProfileWriter {
     async fn run_pipeline(
         &self,
         updates: &[ProfileUpdate],
-    ) -> redis::RedisResult<Vec<redis::RedisResult<Vec<String>>>> {
+    ) -> RedisResult<Vec<RedisResult<Vec<String>>>> {
         let mut pipeline = redis::pipe();
-        pipeline.ignore_errors();
         for update in updates {
             let mut invocation = self.script.prepare_invoke();
             invocation
@@ -184,8 +394,7 @@ impl ProfileWriter {
                 .arg(script_arguments(update));
             pipeline.invoke_script(&invocation);
         }
-        let mut connection = self.store.connection();
-        pipeline.query_async(&mut connection).await
+        self.store.connection().query_each(pipeline).await
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::DateTime;
 
 use super::rebuild::PROGRESS_EVERY;
-use super::redis::{hash_value, scan_keys, ProfileWriter};
+use super::redis::{hash_value, ProfileWriter};
 use super::scan::{with_progress, ProfileScan};
 use super::stored_profile::StoredProfile;
 use super::{cassandra, CassandraStore, RedisStore, StoreError};
@@ -232,8 +232,10 @@ impl Stores {
                 .hgetall(self.redis.device_key(device_id))
                 .hgetall(self.redis.device_versions_key(device_id));
         }
-        let answers: Vec<HashMap<String, String>> =
-            pipeline.query_async(&mut self.redis.connection()).await?;
+        let answers = self.redis.connection().query_each(pipeline).await?;
+        let answers = answers
+            .into_iter()
+            .collect::<redis::RedisResult<Vec<HashMap<String, String>>>>()?;
         let mut answers = answers.into_iter();
         let mut hashes = Vec::with_capacity(device_ids.len());
         while let (Some(hash), Some(versions)) = (answers.next(), answers.next()) {
@@ -248,7 +250,7 @@ impl Stores {
         let prefix = self.redis.device_key("");
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut connection = self.redis.connection();
-        let keys = scan_keys(&mut connection, &pattern, SCAN_COUNT).await?;
+        let keys = connection.scan_keys(&pattern, SCAN_COUNT).await?;
         Ok(device_ids_of(&prefix, keys).collect())
     }
 }
@@ -377,14 +379,14 @@ mod tests {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
         let keys = vec![
             "device:1".to_string(),
-            "versions:device:1".to_string(),
+            "versions:{device:1}".to_string(),
             "other".to_string(),
         ];
         assert_eq!(
             device_ids_of("device:", keys).collect::<Vec<_>>(),
             vec!["1".to_string()]
         );
-        let keys = vec!["x".to_string(), "versions:x".to_string()];
+        let keys = vec!["x".to_string(), "versions:{x}".to_string()];
         assert_eq!(
             device_ids_of("", keys).collect::<Vec<_>>(),
             vec!["x".to_string()]

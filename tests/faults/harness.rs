@@ -7,16 +7,15 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use redis::aio::ConnectionManager;
 use scylla::client::session::Session;
 use serde_json::{json, Value};
 
-use crate::common::cache_fixture::redis_connection;
 use crate::common::profiles::{produce_json, producer, TopicReader};
 use crate::common::service::run_to_exit;
 use crate::common::{cassandra_session, stack, unique, ServiceProcess};
@@ -222,7 +221,7 @@ pub struct StoreCount {
 
 /// `city` of every device in Redis.
 async fn redis_cities(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     prefix: &str,
     devices: &[String],
 ) -> Vec<Option<String>> {
@@ -232,7 +231,8 @@ async fn redis_cities(
         for device in chunk {
             pipe.hget(format!("{prefix}{device}"), "city");
         }
-        let part: Vec<Option<String>> = pipe.query_async(redis).await.expect("HGET pipeline");
+        let part = redis.query_each(pipe).await.expect("HGET pipeline");
+        let part: Vec<Option<String>> = part.into_iter().map(|city| city.expect("HGET")).collect();
         cities.extend(part);
     }
     cities
@@ -277,7 +277,10 @@ pub async fn count_latest(
     session: &Session,
 ) -> StoreCount {
     let latest = format!("v{}", stream.versions);
-    let mut redis = redis_connection().await;
+    // The service's Redis: the stack's, or a Redis Cluster of the scenario's own.
+    let mut redis = RedisConnection::connect(&env["REDIS_URL"])
+        .await
+        .expect("cannot connect to the service's Redis");
     let redis_latest = redis_cities(&mut redis, &env["REDIS_DEVICE_KEY_PREFIX"], &stream.devices)
         .await
         .iter()

@@ -9,8 +9,8 @@ use chrono::DateTime;
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::last_contact::{push_last_contact, PushOutcome};
 use hawkeye_customer_cache::profile::LastContact;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::sim::SimConfig;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
@@ -178,7 +178,7 @@ async fn a_last_contact_pushed_during_a_refresh_is_in_the_cache_it_publishes() {
     let env = service.env.clone();
     let mut redis = redis_connection().await;
     let profile_key = format!("{}{first}", env["REDIS_DEVICE_KEY_PREFIX"]);
-    let stored_contact = |redis: ConnectionManager| {
+    let stored_contact = |redis: RedisConnection| {
         let key = profile_key.clone();
         async move {
             let mut redis = redis;

@@ -26,6 +26,7 @@ mod profile_timestamp_upgrade;
 mod profile_topics;
 mod profile_upsert;
 mod profile_verify;
+mod redis_cluster;
 mod refresh_atomicity;
 mod refresh_cache;
 mod refresh_failures;

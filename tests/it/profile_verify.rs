@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hawkeye_customer_cache::stores::redis::versions_key;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -64,7 +65,7 @@ async fn verify_finds_a_changed_field_and_repair_makes_the_stores_agree() {
         .await
         .unwrap();
     let _: () = redis
-        .hset(format!("versions:{prefix}{ghost}"), "city", V1)
+        .hset(versions_key(&format!("{prefix}{ghost}")), "city", V1)
         .await
         .unwrap();
     let (code, stdout, _) = verify(&["profile", "verify"]).await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::sim::SimConfig;
-use redis::aio::ConnectionManager;
 
 use crate::common::cache_fixture::redis_connection;
 use crate::common::refresh::{entry_set, monitorable, refresh_env, start_sim, Notifications};
@@ -18,7 +18,7 @@ const RUN: Duration = Duration::from_secs(120);
 
 /// One consistent read of the live hash (as a set of entries) and the meta generation.
 async fn observe(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &CacheKeys,
 ) -> (Option<String>, BTreeSet<String>) {
     let (live, generation): (Vec<(String, String)>, Option<String>) = redis::pipe()

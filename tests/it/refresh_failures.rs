@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::sim::SimConfig;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -21,7 +21,7 @@ const RUN: Duration = Duration::from_secs(180);
 
 /// The live hash and meta exactly as stored.
 async fn snapshot(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &CacheKeys,
 ) -> (HashMap<String, String>, HashMap<String, String>) {
     let live: HashMap<String, String> = redis.hgetall(keys.live()).await.unwrap();

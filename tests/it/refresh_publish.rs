@@ -6,7 +6,7 @@ use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::publish::{
     self, Generation, PublishError, RefreshLock, LOCK_TTL,
 };
-use redis::aio::ConnectionManager;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use redis::AsyncCommands;
 
 use crate::common::cache_fixture::redis_connection;
@@ -32,13 +32,13 @@ fn entries(serials: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn live(redis: &mut ConnectionManager, keys: &CacheKeys) -> Vec<(String, String)> {
+async fn live(redis: &mut RedisConnection, keys: &CacheKeys) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = redis.hgetall(keys.live()).await.unwrap();
     all.sort();
     all
 }
 
-async fn acquire(redis: &ConnectionManager, keys: &CacheKeys) -> RefreshLock {
+async fn acquire(redis: &RedisConnection, keys: &CacheKeys) -> RefreshLock {
     RefreshLock::try_acquire(redis.clone(), keys)
         .await
         .unwrap()

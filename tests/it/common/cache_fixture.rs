@@ -5,15 +5,13 @@
 use std::collections::HashMap;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
-use redis::aio::ConnectionManager;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use serde_json::{json, Value};
 
 use super::stack;
 
-pub async fn redis_connection() -> ConnectionManager {
-    redis::Client::open(stack().redis_url)
-        .expect("REDIS_URL")
-        .get_connection_manager()
+pub async fn redis_connection() -> RedisConnection {
+    RedisConnection::connect(&stack().redis_url)
         .await
         .expect("cannot connect to the stack's Redis")
 }
@@ -21,7 +19,7 @@ pub async fn redis_connection() -> ConnectionManager {
 /// The customer cache keys of one service instance (its `ENVIRONMENT_NAME`).
 pub struct CacheFixture {
     pub keys: CacheKeys,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
 }
 
 impl CacheFixture {

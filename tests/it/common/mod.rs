@@ -29,6 +29,18 @@ pub fn stack() -> Stack {
     }
 }
 
+/// Seed URLs of the stack's Redis Cluster (`STACK_REDIS_CLUSTER=on`, which `scripts/test`
+/// sets), as `scripts/stack env` prints them.
+pub fn redis_cluster_url() -> String {
+    std::env::var("REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+        panic!(
+            "REDIS_CLUSTER_URL is not set: the Redis Cluster tests need the stack's Redis Cluster; \
+             run scripts/test, or `STACK_REDIS_CLUSTER=on scripts/stack up && eval \"$(scripts/stack env)\"` \
+             before cargo test"
+        )
+    })
+}
+
 /// A name no other test (or earlier run) uses: topics, groups, key prefixes, keyspaces.
 pub fn unique(prefix: &str) -> String {
     format!(

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use hawkeye_customer_cache::stores::redis::versions_key;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -173,7 +174,7 @@ pub async fn redis_versions(
     env: &HashMap<String, String>,
     device_id: &str,
 ) -> HashMap<String, String> {
-    let key = format!("versions:{}{device_id}", env["REDIS_DEVICE_KEY_PREFIX"]);
+    let key = versions_key(&format!("{}{device_id}", env["REDIS_DEVICE_KEY_PREFIX"]));
     redis_connection()
         .await
         .hgetall(key)
@@ -186,7 +187,7 @@ pub async fn delete_redis_device(env: &HashMap<String, String>, device_id: &str)
     let key = format!("{}{device_id}", env["REDIS_DEVICE_KEY_PREFIX"]);
     let _: () = redis_connection()
         .await
-        .del(&[format!("versions:{key}"), key])
+        .del(&[versions_key(&key), key])
         .await
         .expect("DEL");
 }

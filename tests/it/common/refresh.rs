@@ -5,11 +5,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::sim::{RunningSim, SimConfig, Simulator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::process::Command;
@@ -172,10 +172,7 @@ impl Notifications {
 }
 
 /// The live cache hash: serial → stored entry JSON text.
-pub async fn live_cache(
-    redis: &mut ConnectionManager,
-    keys: &CacheKeys,
-) -> HashMap<String, String> {
+pub async fn live_cache(redis: &mut RedisConnection, keys: &CacheKeys) -> HashMap<String, String> {
     redis.hgetall(keys.live()).await.expect("HGETALL live")
 }
 
@@ -186,7 +183,7 @@ pub fn entry_set<'a>(entries: impl IntoIterator<Item = &'a Value>) -> BTreeSet<S
 
 /// The stored live cache as a set of canonical JSON texts, each also checked to be stored
 /// under its own serial number.
-pub async fn live_entry_set(redis: &mut ConnectionManager, keys: &CacheKeys) -> BTreeSet<String> {
+pub async fn live_entry_set(redis: &mut RedisConnection, keys: &CacheKeys) -> BTreeSet<String> {
     live_cache(redis, keys)
         .await
         .into_iter()
@@ -228,8 +225,12 @@ pub async fn wait_for_log(
 }
 
 /// Keys of the customer cache that exist now (live, meta, lock, staging hashes, ...).
-pub async fn cache_keys_present(redis: &mut ConnectionManager, keys: &CacheKeys) -> Vec<String> {
-    let mut found: Vec<String> = redis.keys(format!("{}*", keys.live())).await.expect("KEYS");
+pub async fn cache_keys_present(redis: &mut RedisConnection, keys: &CacheKeys) -> Vec<String> {
+    // The live hash's name, and the others' hash tag `{live}`, hold it.
+    let mut found: Vec<String> = redis
+        .keys(format!("*{}*", keys.live()))
+        .await
+        .expect("KEYS");
     found.sort();
     found
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 use tokio::time::Instant;
 
 use super::table::{median, percentile, thousands, Row};
@@ -164,7 +164,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
 /// Replaces the cache with `entries` as a refresh does: staging hash, then the lock-checked
 /// publish script.
 async fn publish_cache(
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     keys: &CacheKeys,
     entries: &[(String, String)],
 ) -> anyhow::Result<()> {

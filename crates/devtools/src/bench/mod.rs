@@ -14,7 +14,7 @@ mod visibility;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use hawkeye_customer_cache::stores::redis::scan_keys;
+use hawkeye_customer_cache::stores::redis::RedisConnection;
 
 use crate::service::{self, Stack};
 use table::Row;
@@ -154,13 +154,12 @@ impl Bench {
 
     /// Deletes the Redis keys of this run (the Cassandra rows stay in [`service::KEYSPACE`]).
     async fn remove_redis_keys(&self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.stack.redis_url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut connection = RedisConnection::connect(&self.stack.redis_url).await?;
         for pattern in [
             format!("{}*", self.run_id),
-            format!("versions:{}*", self.run_id),
+            format!("versions:{{{}*", self.run_id),
         ] {
-            let keys = scan_keys(&mut connection, &pattern, 10_000).await?;
+            let keys = connection.scan_keys(&pattern, 10_000).await?;
             for chunk in keys.chunks(10_000) {
                 redis::cmd("UNLINK")
                     .arg(chunk)
