@@ -10,6 +10,7 @@ use redis::streams::StreamRangeReply;
 
 use super::keys::CacheKeys;
 use super::snapshot::{continues_from, Change, ChangeId, Snapshot};
+use crate::observe::Metrics;
 use crate::stores::StoreError;
 
 /// Why the cache could not be read.
@@ -25,6 +26,8 @@ pub enum ReadError {
 pub struct CacheReader {
     redis: RedisConnection,
     keys: CacheKeys,
+    /// Times each round trip in `store_request_seconds`.
+    metrics: Arc<Metrics>,
     current: RwLock<Option<Arc<Snapshot>>>,
     /// Held while a snapshot is being replaced, so concurrent requests share one reload.
     updating: tokio::sync::Mutex<()>,
@@ -38,10 +41,11 @@ struct Poll {
 }
 
 impl CacheReader {
-    pub fn new(redis: RedisConnection, keys: CacheKeys) -> Self {
+    pub fn new(redis: RedisConnection, keys: CacheKeys, metrics: Arc<Metrics>) -> Self {
         CacheReader {
             redis,
             keys,
+            metrics,
             current: RwLock::new(None),
             updating: tokio::sync::Mutex::new(()),
         }
@@ -115,11 +119,14 @@ impl CacheReader {
     /// a trimmed stream is noticed).
     async fn poll(&self, applied: ChangeId) -> Result<Poll, StoreError> {
         let mut redis = self.redis.clone();
-        let (generation, changes): (Option<String>, StreamRangeReply) = redis::pipe()
+        let mut pipeline = redis::pipe();
+        pipeline
             .atomic()
             .hget(self.keys.meta(), "generation")
-            .xrange(self.keys.changes(), applied.to_string(), "+")
-            .query_async(&mut redis)
+            .xrange(self.keys.changes(), applied.to_string(), "+");
+        let (generation, changes): (Option<String>, StreamRangeReply) = self
+            .metrics
+            .timed_store_request("redis", "cache_poll", pipeline.query_async(&mut redis))
             .await
             .map_err(StoreError::from)?;
         Ok(Poll {
@@ -132,13 +139,15 @@ impl CacheReader {
     /// both in one script, so the hash already holds every change up to that id.
     async fn reload(&self) -> Result<Snapshot, ReadError> {
         let mut redis = self.redis.clone();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .hget(self.keys.meta(), "generation")
+            .hgetall(self.keys.live())
+            .xrevrange_count(self.keys.changes(), "+", "-", 1);
         let (generation, hash, newest): (Option<String>, Vec<(String, String)>, StreamRangeReply) =
-            redis::pipe()
-                .atomic()
-                .hget(self.keys.meta(), "generation")
-                .hgetall(self.keys.live())
-                .xrevrange_count(self.keys.changes(), "+", "-", 1)
-                .query_async(&mut redis)
+            self.metrics
+                .timed_store_request("redis", "cache_reload", pipeline.query_async(&mut redis))
                 .await
                 .map_err(StoreError::from)?;
         let applied = read_changes(newest)

@@ -148,7 +148,7 @@ impl GetServer {
         Ok(GetServer {
             requests: Ingress::subscribe(kafka, Role::Requests, &[&kafka.topics.get]).await?,
             producer,
-            reader: CacheReader::new(redis.connection(), keys),
+            reader: CacheReader::new(redis.connection(), keys, metrics.clone()),
             metrics,
             reply_topics: ReplyTopics {
                 default: kafka.topics.reply.clone(),

@@ -1,6 +1,9 @@
 //! Every metric of the service, in one registry per service instance (so tests can run several
 //! instances in one process), exported in Prometheus text format on `/metrics`.
 
+use std::future::Future;
+use std::time::Instant;
+
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{
@@ -48,8 +51,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Messages in the shared producer's queue, not yet delivered.
     pub producer_queue_messages: IntGauge,
-    /// Seconds of one call of the device profile writes to one store (an upsert: the batch's
-    /// Redis pipeline, or its Cassandra batches), by store and operation.
+    /// Seconds of one call to one store, by store and operation: a profile batch's upsert (its
+    /// Redis pipeline, or its Cassandra batches), a read of last contacts, and the customer
+    /// cache reader's round trips (`cache_poll` before each request, `cache_reload`).
     pub store_request_seconds: HistogramVec,
 }
 
@@ -149,7 +153,7 @@ impl Metrics {
             store_request_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "store_request_seconds",
-                    "Seconds of one device profile call to Redis or Cassandra (a batch's upsert, a read)",
+                    "Seconds of one call to Redis or Cassandra (a profile batch's upsert, a read, a cache poll or reload)",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -160,6 +164,21 @@ impl Metrics {
         };
         metrics.register_all()?;
         Ok(metrics)
+    }
+
+    /// Runs one store request, its duration (failed or not) into `store_request_seconds`.
+    pub async fn timed_store_request<T>(
+        &self,
+        store: &str,
+        operation: &str,
+        request: impl Future<Output = T>,
+    ) -> T {
+        let started = Instant::now();
+        let outcome = request.await;
+        self.store_request_seconds
+            .with_label_values(&[store, operation])
+            .observe(started.elapsed().as_secs_f64());
+        outcome
     }
 
     fn register_all(&self) -> Result<(), prometheus::Error> {

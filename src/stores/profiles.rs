@@ -1,9 +1,7 @@
 //! Device profile writes into both stores at once: the unit every writer (profile events and
 //! the customer cache refresh) uses.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
 use crate::observe::Metrics;
@@ -42,8 +40,10 @@ impl ProfileStores {
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
         // Both run to completion even when one fails, so a retry finds no half-sent batch.
         let (stored, written) = futures::join!(
-            self.timed("redis", "upsert", self.redis.upsert(updates)),
-            self.timed("cassandra", "upsert", self.cassandra.upsert(updates))
+            self.metrics
+                .timed_store_request("redis", "upsert", self.redis.upsert(updates)),
+            self.metrics
+                .timed_store_request("cassandra", "upsert", self.cassandra.upsert(updates))
         );
         let mut stored = stored?;
         let mut refused_by_cassandra = written?;
@@ -64,22 +64,12 @@ impl ProfileStores {
         &self,
         device_ids: &[&str],
     ) -> Result<Vec<Option<LastContact>>, StoreError> {
-        self.timed(
-            "redis",
-            "last_contacts",
-            self.redis.last_contacts(device_ids),
-        )
-        .await
-    }
-
-    /// Runs one store request, its duration (failed or not) into `store_request_seconds`.
-    async fn timed<T>(&self, store: &str, operation: &str, request: impl Future<Output = T>) -> T {
-        let started = Instant::now();
-        let outcome = request.await;
         self.metrics
-            .store_request_seconds
-            .with_label_values(&[store, operation])
-            .observe(started.elapsed().as_secs_f64());
-        outcome
+            .timed_store_request(
+                "redis",
+                "last_contacts",
+                self.redis.last_contacts(device_ids),
+            )
+            .await
     }
 }

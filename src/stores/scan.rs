@@ -24,11 +24,11 @@ use super::{CassandraStore, StoreError};
 use crate::profile::fields::{FieldSpec, FieldValue, MergeRule, ValueType, FIELDS};
 
 /// Token ranges of a full scan: enough that the parallel readers stay busy to the end.
-const TOKEN_RANGES: usize = 64;
+pub const TOKEN_RANGES: usize = 64;
 /// Ranges read at once.
 pub const RANGES_IN_FLIGHT: usize = 8;
 /// Rows per page, and so per batch handed on.
-const PAGE_SIZE: i32 = 500;
+pub const PAGE_SIZE: i32 = 500;
 
 /// Prepared reads of `device_profile` with the write time of every cell.
 #[derive(Clone)]
@@ -125,7 +125,7 @@ impl ProfileScan {
 }
 
 /// `device_id`, then each column of the table and its write time, in table order.
-fn selected_columns() -> String {
+pub fn selected_columns() -> String {
     let mut columns = vec!["device_id".to_string()];
     for spec in FIELDS {
         let column = spec.column;

@@ -1,13 +1,15 @@
-//! Lag and client metrics on `/metrics` after a few events: the per-partition consumer lag of
-//! the profiles group (from librdkafka's statistics), the producer's queue depth, and request
-//! latency histograms of both stores.
+//! Lag and client metrics on `/metrics` after a few events and a cache get: the per-partition
+//! consumer lag of the profiles group (from librdkafka's statistics), the producer's queue
+//! depth, and the request latency histograms of both stores, the cache reader's Redis round
+//! trips included.
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::cache_fixture::{entry, CacheFixture};
 use crate::common::profiles::{eventually, produce_json, producer};
-use crate::common::request_reply::metric;
+use crate::common::request_reply::{metric, run_get};
 use crate::common::service::isolated_env;
 use crate::common::{unique, ServiceProcess};
 
@@ -58,6 +60,22 @@ async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
         })
         .await;
     }
+
+    // A get polls the cache's meta and changes, then loads the live hash it has not seen.
+    let cache = CacheFixture::new(&env).await;
+    cache
+        .publish(&[entry("SN-METRICS", "2024-01-01T00:00:00Z")])
+        .await;
+    let got = run_get(&env, &["--timeout", "30"]).await;
+    assert_eq!(got.reply["status"], 200, "{got:?}");
+    for operation in ["cache_poll", "cache_reload"] {
+        let series = format!(
+            "hawkeye_customer_cache_store_request_seconds_count{{operation=\"{operation}\",store=\"redis\"}}"
+        );
+        assert!(metric(&service, &series).await >= 1.0, "{series}");
+    }
+    cache.remove().await;
+
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(
         text.lines()

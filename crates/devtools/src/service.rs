@@ -129,7 +129,10 @@ impl ServiceChild {
         let name = env
             .get("ENVIRONMENT_NAME")
             .map_or("service", String::as_str);
-        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let http_addr = env.get("HTTP_ADDR").context("HTTP_ADDR is not set")?;
+        // Instances of one deployment share ENVIRONMENT_NAME; each has its own port.
+        let port = http_addr.rsplit(':').next().unwrap_or_default();
+        let log = std::env::temp_dir().join(format!("{name}.{port}.log"));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let child = Command::new(binary)
@@ -142,7 +145,6 @@ impl ServiceChild {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("the service exited at once")?;
-        let http_addr = env.get("HTTP_ADDR").context("HTTP_ADDR is not set")?;
         let mut service = ServiceChild {
             child,
             pid,
@@ -182,8 +184,17 @@ impl ServiceChild {
     /// The value of one series of `/metrics` (`hawkeye_customer_cache_` prefix included),
     /// 0 when absent.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
+        Ok(self
+            .metrics()
+            .await?
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        self.http
             .get(&self.metrics_url)
             .send()
             .await
@@ -191,11 +202,7 @@ impl ServiceChild {
             .context("cannot read /metrics")?
             .text()
             .await
-            .context("cannot read /metrics")?;
-        Ok(text
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0))
+            .context("cannot read /metrics")
     }
 
     /// VmRSS and VmHWM from `/proc/<pid>/status`.

@@ -4,8 +4,10 @@
 //! HTTP port; the harness produces, triggers, requests and polls the stores like a user would.
 
 mod get;
+mod instances;
 mod probe;
 mod push;
+mod rebuild;
 mod refresh;
 mod store_limit;
 pub mod table;
@@ -38,6 +40,9 @@ pub struct BenchArgs {
     /// Devices the push events are spread over [default: 100000, quick: 1000].
     #[arg(long)]
     pub devices: Option<usize>,
+    /// Devices of the rebuild-redis measurement [default: 100000, quick: 2000].
+    #[arg(long)]
+    pub rebuild_devices: Option<usize>,
     /// Fleet sizes of the refresh measurement [default: 10000,100000, quick: 500].
     #[arg(long, value_delimiter = ',')]
     pub refresh_devices: Vec<usize>,
@@ -70,6 +75,8 @@ pub enum Measurement {
     Visibility,
     Refresh,
     Get,
+    Rebuild,
+    Instances,
 }
 
 /// How much each measurement does.
@@ -84,6 +91,8 @@ pub struct Sizes {
     pub refresh_devices: Vec<usize>,
     /// Fleet of the sequential (`BRUIN_CONCURRENCY=1`) refresh.
     pub sequential_devices: usize,
+    /// Devices in the table `profile rebuild-redis` reads.
+    pub rebuild_devices: usize,
     /// Cache sizes of the get measurement: the memory growth is measured between them and
     /// the latencies at the larger one.
     pub get_devices: (usize, usize),
@@ -103,6 +112,7 @@ impl Sizes {
                 visibility_samples: 10,
                 refresh_devices: vec![500],
                 sequential_devices: 30,
+                rebuild_devices: 2_000,
                 get_devices: (500, 2_000),
                 get_requests_one_client: (3, 5),
                 get_requests_each_of_32: (1, 1),
@@ -116,6 +126,7 @@ impl Sizes {
                 visibility_samples: 200,
                 refresh_devices: vec![10_000, 100_000],
                 sequential_devices: 1_000,
+                rebuild_devices: 100_000,
                 get_devices: (10_000, 100_000),
                 get_requests_one_client: (10, 100),
                 get_requests_each_of_32: (2, 10),
@@ -124,6 +135,7 @@ impl Sizes {
         sizes.repetitions = args.repetitions.unwrap_or(sizes.repetitions).max(1);
         sizes.push_events = args.events.unwrap_or(sizes.push_events);
         sizes.push_devices = args.devices.unwrap_or(sizes.push_devices).max(1);
+        sizes.rebuild_devices = args.rebuild_devices.unwrap_or(sizes.rebuild_devices);
         if !args.refresh_devices.is_empty() {
             sizes.refresh_devices = args.refresh_devices.clone();
         }
@@ -252,6 +264,18 @@ async fn run_measurements(
     }
     if wanted(Measurement::Get) {
         let report = get::measure(bench).await.context("cache get")?;
+        rows.extend(report.rows);
+        notes.extend(report.notes);
+    }
+    if wanted(Measurement::Rebuild) {
+        let report = rebuild::measure(bench).await.context("rebuild-redis")?;
+        rows.extend(report.rows);
+        notes.extend(report.notes);
+    }
+    if wanted(Measurement::Instances) {
+        let report = instances::measure(bench)
+            .await
+            .context("push with 1 and 2 instances")?;
         rows.extend(report.rows);
         notes.extend(report.notes);
     }

@@ -38,9 +38,9 @@ const STORE_LIMIT_EVENTS: usize = 100_000;
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const METRIC_POLL: Duration = Duration::from_millis(50);
 /// Events acknowledged by both stores (observed once per event after the write).
-const ACKNOWLEDGED: &str = "hawkeye_customer_cache_profile_end_to_end_seconds_count";
+pub(super) const ACKNOWLEDGED: &str = "hawkeye_customer_cache_profile_end_to_end_seconds_count";
 /// Devices whose final state is checked in both stores after each service run.
-const CHECKED_DEVICES: usize = 20;
+pub(super) const CHECKED_DEVICES: usize = 20;
 
 const CITIES: [(&str, &str, &str); 4] = [
     ("KA", "Karnataka", "Bengaluru"),
@@ -52,7 +52,7 @@ const CITIES: [(&str, &str, &str); 4] = [
 /// Event `index` of a run whose device ids start with `prefix`: the key and the JSON value.
 /// Events go round-robin over `devices` devices, so every device's versions rise over time
 /// and a batch holds different devices (the worst case for merging).
-fn event(prefix: &str, index: usize, devices: usize) -> (String, String) {
+pub(super) fn event(prefix: &str, index: usize, devices: usize) -> (String, String) {
     let device = index % devices;
     let device_id = format!("{prefix}-d{device}");
     let (state_code, state, city) = CITIES[index % CITIES.len()];
@@ -73,7 +73,7 @@ fn event(prefix: &str, index: usize, devices: usize) -> (String, String) {
 }
 
 /// The `producer_id` of event `index`: what the stores hold once that event is the latest.
-fn producer_id(index: usize) -> String {
+pub(super) fn producer_id(index: usize) -> String {
     format!("e{index}")
 }
 
@@ -223,7 +223,7 @@ async fn store_limit_of(
 }
 
 /// The events as the service batches them: chunks of [`CHUNK`], merged.
-fn merged_chunks(
+pub(super) fn merged_chunks(
     prefix: &str,
     events: usize,
     devices: usize,
@@ -275,9 +275,10 @@ async fn service_run(
     let kafka = isolated_kafka(&bench.stack, &name);
     produce(&kafka, &name, sizes.push_events, sizes.push_devices).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
-    let (started, first) = wait_for_acknowledged(&service, 1).await?;
+    let services = std::slice::from_ref(&service);
+    let (started, first) = wait_for_acknowledged(services, 1).await?;
     let cpu_started = cpu_now(&service, cassandra_pid)?;
-    let (finished, last) = wait_for_acknowledged(&service, sizes.push_events).await?;
+    let (finished, last) = wait_for_acknowledged(services, sizes.push_events).await?;
     let cpu_finished = cpu_now(&service, cassandra_pid)?;
     let timed_events = last.saturating_sub(first).max(1);
     let seconds = (finished - started).as_secs_f64().max(1e-3);
@@ -287,7 +288,13 @@ async fn service_run(
         // Everything was written before the first look: the run was too short to time.
         last as f64 / seconds
     };
-    check_last_events(&bench.harness(&name).await?, &name, sizes).await?;
+    check_last_events(
+        &bench.harness(&name).await?,
+        &name,
+        sizes.push_events,
+        sizes.push_devices,
+    )
+    .await?;
     let memory = service.memory()?;
     service.stop().await?;
     Ok(ServiceRun {
@@ -302,7 +309,7 @@ async fn service_run(
 }
 
 /// Produces every event to the service's profile topic and waits for each delivery.
-async fn produce(
+pub(super) async fn produce(
     kafka: &KafkaSettings,
     prefix: &str,
     events: usize,
@@ -333,15 +340,25 @@ async fn produce(
         .await
 }
 
-/// Polls `/metrics` until at least `count` events are acknowledged: when, and how many.
-async fn wait_for_acknowledged(
-    service: &ServiceChild,
+/// The events the services acknowledged so far, each instance's count.
+pub(super) async fn acknowledged(services: &[ServiceChild]) -> anyhow::Result<Vec<usize>> {
+    let mut counts = Vec::with_capacity(services.len());
+    for service in services {
+        counts.push(service.metric(ACKNOWLEDGED).await? as usize);
+    }
+    Ok(counts)
+}
+
+/// Polls `/metrics` until the services together acknowledged at least `count` events: when,
+/// and how many.
+pub(super) async fn wait_for_acknowledged(
+    services: &[ServiceChild],
     count: usize,
 ) -> anyhow::Result<(Instant, usize)> {
     let mut seen = 0;
     let mut progress_at = Instant::now();
     loop {
-        let now = service.metric(ACKNOWLEDGED).await? as usize;
+        let now = acknowledged(services).await?.iter().sum::<usize>();
         let at = Instant::now();
         if now >= count {
             return Ok((at, now));
@@ -357,14 +374,15 @@ async fn wait_for_acknowledged(
 }
 
 /// Devices spread over the run hold their last event in both stores: counted, not guessed.
-async fn check_last_events(
+pub(super) async fn check_last_events(
     harness: &Harness,
     prefix: &str,
-    sizes: &super::Sizes,
+    events: usize,
+    devices: usize,
 ) -> anyhow::Result<()> {
-    let devices = sizes.push_devices.min(sizes.push_events);
-    for device in (0..devices).step_by((devices / CHECKED_DEVICES).max(1)) {
-        let Some(last) = last_event_of(device, sizes.push_events, sizes.push_devices) else {
+    let written = devices.min(events);
+    for device in (0..written).step_by((written / CHECKED_DEVICES).max(1)) {
+        let Some(last) = last_event_of(device, events, devices) else {
             continue;
         };
         let device_id = format!("{prefix}-d{device}");
