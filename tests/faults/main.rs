@@ -26,6 +26,7 @@ mod kill9;
 mod outages;
 mod own_cassandra;
 mod own_redis_cluster;
+mod own_stack;
 mod poison;
 mod rebalance;
 mod redis_auth;

@@ -4,13 +4,13 @@
 //! test asks for (authentication, TLS), and removed (`scripts/stack down`) on drop.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{free_port, unique};
+use crate::common::free_port;
+use crate::own_stack::OwnStack;
 
 pub struct OwnCassandra {
-    stack_dir: PathBuf,
+    own: OwnStack,
     pub port: u16,
 }
 
@@ -33,7 +33,7 @@ impl OwnCassandra {
 
     fn start_nodes(settings: &[(&str, &str)], nodes: &[&str]) -> Self {
         let cassandra = OwnCassandra {
-            stack_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("cassandra")),
+            own: OwnStack::new("cassandra"),
             port: free_port(),
         };
         // Fixed by the first start (the stack keeps them in its ports file).
@@ -44,25 +44,27 @@ impl OwnCassandra {
                 .envs(settings.iter().copied())
                 .env("STACK_CASSANDRA_PORT", cassandra.port.to_string())
                 .env("STACK_CASSANDRA_STORAGE_PORT", &storage_port);
-            cassandra.run(command, &format!("start {node}"));
+            cassandra.own.run(command, &format!("start {node}"));
         }
         cassandra
     }
 
     /// Stops `node` (`scripts/stack stop`), keeping its data.
     pub fn stop(&self, node: &str) {
-        self.run(self.stack(&["stop", node]), &format!("stop {node}"));
+        self.own
+            .run(self.stack(&["stop", node]), &format!("stop {node}"));
     }
 
     /// Starts `node` again on its data and waits until it answers (and, for the second node,
     /// is back in the ring).
     pub fn restart(&self, node: &str) {
-        self.run(self.stack(&["start", node]), &format!("start {node}"));
+        self.own
+            .run(self.stack(&["start", node]), &format!("start {node}"));
     }
 
     /// The `CASSANDRA_*` settings `scripts/stack env` prints for this node.
     pub fn service_env(&self) -> HashMap<String, String> {
-        let output = self.run(self.stack(&["env"]), "env");
+        let output = self.own.run(self.stack(&["env"]), "env");
         output
             .lines()
             .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
@@ -74,50 +76,14 @@ impl OwnCassandra {
     /// Runs CQL with `scripts/stack cql` (logged in, over TLS, as the node needs) and returns
     /// what it printed.
     pub fn cql(&self, statement: &str) -> String {
-        self.run(self.stack(&["cql", statement]), "cql")
+        self.own.run(self.stack(&["cql", statement]), "cql")
     }
 
-    /// `scripts/stack ARGS` on this node's stack directory, without the `STACK_*` settings of
-    /// the shared stack this test runs beside (its ports would not match this node's), and with
-    /// a small heap for every node it starts (a 2-core machine runs it beside the stack).
+    /// `scripts/stack ARGS` on this node's stack directory, with a small heap for every node
+    /// it starts (a 2-core machine runs it beside the stack).
     fn stack(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("STACK_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = self.own.command(args);
+        command.env("STACK_CASSANDRA_HEAP", "512m");
         command
-            .args(args)
-            .env("STACK_DIR", &self.stack_dir)
-            .env("STACK_CASSANDRA_HEAP", "512m");
-        command
-    }
-
-    fn run(&self, mut command: Command, what: &str) -> String {
-        let output = command.output().expect("cannot run scripts/stack");
-        assert!(
-            output.status.success(),
-            "scripts/stack {what} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).to_string()
-    }
-}
-
-impl Drop for OwnCassandra {
-    fn drop(&mut self) {
-        // A panic here would abort the test run: report instead.
-        match self.stack(&["down"]).output() {
-            Ok(output) if output.status.success() => {
-                let _ = std::fs::remove_dir_all(&self.stack_dir);
-            }
-            Ok(output) => eprintln!(
-                "scripts/stack down of {} failed: {}",
-                self.stack_dir.display(),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-            Err(e) => eprintln!("cannot run scripts/stack down: {e}"),
-        }
     }
 }
