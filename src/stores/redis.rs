@@ -125,6 +125,15 @@ impl RedisConnection {
         }
     }
 
+    /// As [`Self::query_each`], for commands that must all succeed: every answer in order, or
+    /// the first failure.
+    pub async fn query_all<T: FromRedisValue>(
+        &mut self,
+        pipeline: Pipeline,
+    ) -> RedisResult<Vec<T>> {
+        self.query_each(pipeline).await?.into_iter().collect()
+    }
+
     /// Every key matching the glob `pattern`, `count` per `SCAN` round trip (keys written
     /// meanwhile may or may not be listed); on a cluster, of every master.
     pub async fn scan_keys(&mut self, pattern: &str, count: usize) -> RedisResult<Vec<String>> {
@@ -365,10 +374,7 @@ impl ProfileWriter {
                 .hget(self.store.device_key(device_id), "last_contact")
                 .hget(self.store.device_versions_key(device_id), "last_contact");
         }
-        let answers = self.store.connection().query_each(pipeline).await?;
-        let answers = answers
-            .into_iter()
-            .collect::<RedisResult<Vec<Option<String>>>>()?;
+        let answers: Vec<Option<String>> = self.store.connection().query_all(pipeline).await?;
         Ok(answers
             .chunks(2)
             .map(|pair| match pair {

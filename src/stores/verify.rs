@@ -232,10 +232,8 @@ impl Stores {
                 .hgetall(self.redis.device_key(device_id))
                 .hgetall(self.redis.device_versions_key(device_id));
         }
-        let answers = self.redis.connection().query_each(pipeline).await?;
-        let answers = answers
-            .into_iter()
-            .collect::<redis::RedisResult<Vec<HashMap<String, String>>>>()?;
+        let answers: Vec<HashMap<String, String>> =
+            self.redis.connection().query_all(pipeline).await?;
         let mut answers = answers.into_iter();
         let mut hashes = Vec::with_capacity(device_ids.len());
         while let (Some(hash), Some(versions)) = (answers.next(), answers.next()) {

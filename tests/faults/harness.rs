@@ -231,8 +231,7 @@ async fn redis_cities(
         for device in chunk {
             pipe.hget(format!("{prefix}{device}"), "city");
         }
-        let part = redis.query_each(pipe).await.expect("HGET pipeline");
-        let part: Vec<Option<String>> = part.into_iter().map(|city| city.expect("HGET")).collect();
+        let part: Vec<Option<String>> = redis.query_all(pipe).await.expect("HGET pipeline");
         cities.extend(part);
     }
     cities
