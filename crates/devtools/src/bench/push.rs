@@ -32,8 +32,9 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The service's batch size (`PipelineSettings::default().max_batch`): the store limit writes
 /// chunks of the same size, merged the same way.
 const CHUNK: usize = 2_000;
-/// Events of each store-limit run at most: enough for a steady rate (about 10 s of inserts).
-const STORE_LIMIT_EVENTS: usize = 100_000;
+/// Events of each store-limit probe of a concurrency at most: enough for a steady rate (about
+/// 10 s of inserts). The best concurrency then writes all of the push's events.
+const STORE_LIMIT_PROBE_EVENTS: usize = 100_000;
 /// A service that acknowledges nothing new for this long has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const METRIC_POLL: Duration = Duration::from_millis(50);
@@ -150,12 +151,15 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                 "push baselines: per-event job = one event at a time, no Kafka: HSET of its fields, \
                  Cassandra INSERT, then UPDATE .. SET first_access IF first_access = null ({} events \
                  per run); store limit = the slower of Cassandra (the best of plain prepared INSERTs \
-                 of every column of the same rows into a scratch table, {:?} in flight) and Redis \
+                 of every column of the same rows into a scratch table, {:?} in flight probed on \
+                 the first {} events, the best then writing all {} when there are more) and Redis \
                  (HSET of the same fields into scratch keys, one pipeline per chunk of {CHUNK} \
-                 merged events), {} events each. Runs: {}",
+                 merged events, the first {} events). Runs: {}",
                 sizes.per_event_baseline_events,
                 INSERTS_IN_FLIGHT,
-                thousands(store_limit_events(sizes) as f64),
+                thousands(sizes.push_events.min(STORE_LIMIT_PROBE_EVENTS) as f64),
+                thousands(sizes.push_events as f64),
+                thousands(sizes.push_events.min(STORE_LIMIT_PROBE_EVENTS) as f64),
                 limits
                     .iter()
                     .map(|limit| format!(
@@ -204,11 +208,6 @@ fn cpu_row(runs: &[ServiceRun], limits: &[StoreLimit]) -> Option<Row> {
     )
 }
 
-/// Events each store-limit run writes: the push's, up to [`STORE_LIMIT_EVENTS`].
-fn store_limit_events(sizes: &super::Sizes) -> usize {
-    sizes.push_events.min(STORE_LIMIT_EVENTS)
-}
-
 async fn store_limit_of(
     bench: &Bench,
     rep: usize,
@@ -216,10 +215,17 @@ async fn store_limit_of(
 ) -> anyhow::Result<StoreLimit> {
     let name = bench.name(&format!("store_limit{rep}"));
     let harness = bench.harness(&name).await?;
-    let events = store_limit_events(&bench.sizes);
     let devices = bench.sizes.push_devices;
-    let rows = |prefix: &str| merged_chunks(prefix, events, devices);
-    store_limit::measure(&harness, events, rows, &name, cassandra_pid).await
+    let rows = |prefix: &str, events| merged_chunks(prefix, events, devices);
+    store_limit::measure(
+        &harness,
+        bench.sizes.push_events,
+        STORE_LIMIT_PROBE_EVENTS,
+        rows,
+        &name,
+        cassandra_pid,
+    )
+    .await
 }
 
 /// The events as the service batches them: chunks of [`CHUNK`], merged.

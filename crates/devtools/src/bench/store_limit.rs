@@ -44,19 +44,25 @@ pub struct InsertRun {
     pub cassandra_cpu_per_100k: Option<f64>,
 }
 
-/// The limit for `events` events whose merged updates are `rows(prefix)` (one set of device
-/// ids per run, so that no run overwrites another's partitions).
+/// The limit for the push's `events` events, whose merged updates are `rows(prefix, n)` for
+/// the first `n` (one set of device ids per run, so that no run overwrites another's
+/// partitions). The concurrencies are probed on the first `probe_events`; when the push has
+/// more, the best one then writes all of them, because rewriting the same partitions (and
+/// compacting them) costs Cassandra more than the first write of each, and the limit is for
+/// the same rows as the push.
 pub async fn measure(
     harness: &Harness,
     events: usize,
-    rows: impl Fn(&str) -> anyhow::Result<Vec<Vec<ProfileUpdate>>>,
+    probe_events: usize,
+    rows: impl Fn(&str, usize) -> anyhow::Result<Vec<Vec<ProfileUpdate>>>,
     prefix: &str,
     cassandra_pid: Option<u32>,
 ) -> anyhow::Result<StoreLimit> {
+    let probe_events = probe_events.min(events);
     let mut best: Option<InsertRun> = None;
     for in_flight in INSERTS_IN_FLIGHT {
-        let chunks = rows(&format!("{prefix}-insert{in_flight}"))?;
-        let run = insert_run(harness, events, &chunks, in_flight, cassandra_pid).await?;
+        let chunks = rows(&format!("{prefix}-insert{in_flight}"), probe_events)?;
+        let run = insert_run(harness, probe_events, &chunks, in_flight, cassandra_pid).await?;
         eprintln!(
             "bench: store limit, {in_flight} INSERTs in flight: {:.0} ev/s",
             run.events_per_s
@@ -65,11 +71,21 @@ pub async fn measure(
             best = Some(run);
         }
     }
-    let chunks = rows(&format!("{prefix}-hset"))?;
-    let redis_events_per_s = hset_rate(harness, events, &chunks).await?;
+    let mut cassandra = best.context("no INSERT run")?;
+    if events > probe_events {
+        let chunks = rows(&format!("{prefix}-insert-all"), events)?;
+        cassandra =
+            insert_run(harness, events, &chunks, cassandra.in_flight, cassandra_pid).await?;
+        eprintln!(
+            "bench: store limit, all {events} events as INSERTs, {} in flight: {:.0} ev/s",
+            cassandra.in_flight, cassandra.events_per_s
+        );
+    }
+    let chunks = rows(&format!("{prefix}-hset"), probe_events)?;
+    let redis_events_per_s = hset_rate(harness, probe_events, &chunks).await?;
     eprintln!("bench: store limit, pipelined HSETs: {redis_events_per_s:.0} ev/s");
     Ok(StoreLimit {
-        cassandra: best.context("no INSERT run")?,
+        cassandra,
         redis_events_per_s,
     })
 }

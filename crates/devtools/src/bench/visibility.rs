@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -13,7 +13,7 @@ use super::probe::Harness;
 use super::table::{percentile, Row};
 use super::{Bench, Report};
 use crate::service::{isolated_env, isolated_kafka, ServiceChild};
-use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::kafka::{client_config, ensure_topics};
 use hawkeye_customer_cache::profile::event::parse_event;
 
 const POLL: Duration = Duration::from_millis(1);
@@ -21,7 +21,8 @@ const VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between samples: one event at a time, on an otherwise idle service.
 const PAUSE: Duration = Duration::from_millis(20);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-const TARGET_P99_MS: f64 = 250.0;
+/// Issue 14: a lone event shows in both stores within this many direct writes' p99.
+const TARGET_P99_RATIO: f64 = 3.0;
 
 /// One event of device `device_id` that the stores show as `producer_id = marker`.
 fn event(device_id: &str, marker: &str) -> String {
@@ -46,7 +47,11 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     ensure_topics(&kafka, &[topic]).await?;
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let harness = bench.harness(&name).await?;
-    let producer = producer(&kafka)?;
+    // An upstream producer that sends at once: its own linger is its choice, not the service's.
+    let producer: FutureProducer = client_config(&kafka)
+        .set("linger.ms", "0")
+        .create()
+        .context("cannot create the event producer")?;
     let samples = bench.sizes.visibility_samples;
     let mut through_service = Vec::with_capacity(samples);
     // Sample 0 warms the connections up and is not counted.
@@ -94,12 +99,15 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                 format!("{p99:.1} ms"),
             )
             .baseline(format!("direct write {direct_p99:.1} ms"), p99 / direct_p99)
-            .target(format!("< {TARGET_P99_MS:.0} ms"), p99 < TARGET_P99_MS),
+            .target(
+                format!("<= {TARGET_P99_RATIO:.0}x"),
+                p99 <= TARGET_P99_RATIO * direct_p99,
+            ),
         ],
         notes: vec![format!(
             "visibility: {samples} single events {PAUSE:?} apart, each timed from the produce call \
-             to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?}; the \
-             direct write is ProfileStores::upsert of the same update from the harness, polled the \
+             to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?}, by a \
+             producer without linger; the direct write is ProfileStores::upsert of the same update from the harness, polled the \
              same way"
         )],
     })
