@@ -163,7 +163,7 @@ async fn second_node_stopped_mid_stream(
         started,
     }
     .print();
-    service.log
+    std::mem::take(&mut service.log)
 }
 
 #[tokio::test]

@@ -125,6 +125,24 @@ impl ServiceProcess {
     }
 }
 
+/// A test that fails with the service still running shows the end of the service's log, which
+/// is what tells a stall from a loss.
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.drain_log();
+            let tail = self.log.len().saturating_sub(LOG_TAIL_ON_FAILURE);
+            eprintln!("service log (last {} lines):", self.log.len() - tail);
+            for line in &self.log[tail..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Lines of the service's log a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 300;
+
 /// Runs the binary to completion with `env` and returns its exit code and stderr lines.
 pub async fn run_to_exit(env: &HashMap<String, String>, timeout: Duration) -> (i32, Vec<String>) {
     let output = tokio::time::timeout(
