@@ -152,14 +152,12 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                  Cassandra INSERT, then UPDATE .. SET first_access IF first_access = null ({} events \
                  per run); store limit = the slower of Cassandra (the best of plain prepared INSERTs \
                  of every column of the same rows into a scratch table, {:?} in flight probed on \
-                 the first {} events, the best then writing all {} when there are more) and Redis \
-                 (HSET of the same fields into scratch keys, one pipeline per chunk of {CHUNK} \
-                 merged events, the first {} events). Runs: {}",
+                 the first {probe} events, the best then writing all {} when there are more) and \
+                 Redis (HSET of the same fields into scratch keys, one pipeline per chunk of \
+                 {CHUNK} merged events, the first {probe} events). Runs: {}",
                 sizes.per_event_baseline_events,
                 INSERTS_IN_FLIGHT,
-                thousands(sizes.push_events.min(STORE_LIMIT_PROBE_EVENTS) as f64),
                 thousands(sizes.push_events as f64),
-                thousands(sizes.push_events.min(STORE_LIMIT_PROBE_EVENTS) as f64),
                 limits
                     .iter()
                     .map(|limit| format!(
@@ -170,6 +168,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                     ))
                     .collect::<Vec<_>>()
                     .join("; "),
+                probe = thousands(sizes.push_events.min(STORE_LIMIT_PROBE_EVENTS) as f64),
             ),
             format!(
                 "CPU: utime + stime from /proc/<pid>/stat over the timed part of each run, per \

@@ -107,8 +107,8 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         notes: vec![format!(
             "visibility: {samples} single events {PAUSE:?} apart, each timed from the produce call \
              to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?}, by a \
-             producer without linger; the direct write is ProfileStores::upsert of the same update from the harness, polled the \
-             same way"
+             producer without linger; the direct write is ProfileStores::upsert of the same \
+             update from the harness, polled the same way"
         )],
     })
 }
