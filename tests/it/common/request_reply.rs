@@ -9,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -125,6 +126,24 @@ pub async fn create_topic_with(name: &str, partitions: i32, settings: &[(&str, &
     }
 }
 
+/// The partition's high watermark. A topic created a moment ago answers "not leader" until its
+/// leader is elected, which is waited out up to `timeout`.
+fn end_offset(consumer: &StreamConsumer, topic: &str, partition: i32, timeout: Duration) -> i64 {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Ok((_, end)) => return end,
+            Err(e)
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NotLeaderForPartition)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("watermarks of {topic} partition {partition}: {e}"),
+        }
+    }
+}
+
 /// Reads a reply topic from its end offsets at the time of creation on.
 pub struct ReplyListener {
     consumer: StreamConsumer,
@@ -145,9 +164,7 @@ impl ReplyListener {
                 .expect("metadata");
             let mut assignment = TopicPartitionList::new();
             for partition in metadata.topics()[0].partitions() {
-                let (_, end) = consumer
-                    .fetch_watermarks(&topic, partition.id(), timeout)
-                    .expect("watermarks");
+                let end = end_offset(&consumer, &topic, partition.id(), timeout);
                 assignment
                     .add_partition_offset(&topic, partition.id(), Offset::Offset(end))
                     .expect("assignment");
