@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,12 @@ use crate::kafka::ingress::Ingress;
 use crate::observe::Metrics;
 use crate::retry::{Failure, Retry, RetryPolicy, Wait};
 use crate::stores::{ProfileStores, StoreError};
+
+/// Batches written at once: the next batch is fetched, parsed and written while the one
+/// before it is still being written, so the stores are not left idle while one batch's slowest
+/// writes finish. Writes are order-independent, and offsets are stored per record
+/// ([`Ingress::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Batching and retry knobs.
 #[derive(Debug, Clone)]
@@ -69,27 +76,53 @@ struct Abandoned;
 type Accepted<'a> = (&'a OwnedMessage, ProfileUpdate);
 
 impl ProfilePipeline {
-    /// Runs until `shutdown`; then commits the offsets stored so far.
+    /// Runs until `shutdown`; then finishes the batches in flight and commits the offsets
+    /// stored so far.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!("device profile push running");
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let batch = tokio::select! {
+            tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                batch = self.consumer.next_batch(self.settings.max_batch) => batch,
-            };
-            if self.process(&batch, &shutdown).await.is_err() {
-                tracing::info!(
-                    events = batch.len(),
-                    "shutdown: in-flight batch left for the next owner"
-                );
-                break;
+                Some((batch, processed)) = in_flight.next() => self.finish(batch, processed),
+                batch = self.consumer.next_batch(self.settings.max_batch),
+                    if in_flight.len() < BATCHES_IN_FLIGHT =>
+                {
+                    in_flight.push(self.process_owned(batch, &shutdown));
+                }
             }
-            for message in &batch {
-                self.consumer.acknowledge(message);
-            }
+        }
+        while let Some((batch, processed)) = in_flight.next().await {
+            self.finish(batch, processed);
         }
         self.consumer.commit();
         tracing::info!("device profile push stopped");
+    }
+
+    /// [`Self::process`] of a batch it owns, so that several can be in flight.
+    async fn process_owned(
+        &self,
+        batch: Vec<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> (Vec<OwnedMessage>, Result<(), Abandoned>) {
+        let processed = self.process(&batch, shutdown).await;
+        (batch, processed)
+    }
+
+    /// Acknowledges a processed batch; an abandoned one keeps its offsets unstored.
+    fn finish(&self, batch: Vec<OwnedMessage>, processed: Result<(), Abandoned>) {
+        match processed {
+            Ok(()) => {
+                for message in &batch {
+                    self.consumer.acknowledge(message);
+                }
+            }
+            Err(Abandoned) => tracing::info!(
+                events = batch.len(),
+                "shutdown: in-flight batch left for the next owner"
+            ),
+        }
     }
 
     async fn process(

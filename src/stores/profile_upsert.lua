@@ -34,7 +34,12 @@ local function compare_ints(a, b)
   local a_digits = a_negative and a:sub(2) or a
   local b_digits = b_negative and b:sub(2) or b
   local order
-  if #a_digits ~= #b_digits then
+  if #a_digits <= 15 and #b_digits <= 15 then
+    -- Exact as doubles (below 2^53), and far cheaper than the byte loop: every version and
+    -- instant of this century in ms or micros takes this path.
+    local x, y = tonumber(a_digits), tonumber(b_digits)
+    order = x == y and 0 or (x < y and -1 or 1)
+  elseif #a_digits ~= #b_digits then
     order = #a_digits < #b_digits and -1 or 1
   else
     order = compare_bytes(a_digits, b_digits)
