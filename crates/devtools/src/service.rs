@@ -3,9 +3,13 @@
 //! `hawkeye-customer-cache run` child process, whose memory is its own and can be read from
 //! `/proc/<pid>/status`.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -105,11 +109,20 @@ pub fn isolated_env(stack: &Stack, name: &str) -> HashMap<String, String> {
 }
 
 /// A loopback port that was free a moment ago (9899 if none could be found: the service then
-/// names the port it cannot bind).
+/// names the port it cannot bind). It lies below the kernel's ephemeral range (32768 and up):
+/// a port from there could be taken by any outgoing connection, a Kafka client's say, between
+/// this check and the service's bind, which once failed a CI run. Ports are handed out in turn
+/// from a random start, so two tests of one process never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_768;
+    static NEXT: LazyLock<AtomicU16> = LazyLock::new(|| {
+        let seed = RandomState::new().build_hasher().finish();
+        AtomicU16::new((seed % u64::from(COUNT)) as u16)
+    });
+    (0..COUNT)
+        .map(|_| FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
         .unwrap_or(9899)
 }
 
