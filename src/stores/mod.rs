@@ -5,6 +5,7 @@ mod error;
 pub mod profiles;
 pub mod rebuild;
 pub mod redis;
+mod redis_cluster;
 pub mod scan;
 pub mod slots;
 pub mod stored_profile;

@@ -4,8 +4,6 @@ use chrono::DateTime;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Script,
@@ -14,6 +12,7 @@ use redis::{
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::redis_cluster::WatchedCluster;
 use super::slots::same_slot_name;
 use super::StoreError;
 use crate::config::StoreSettings;
@@ -28,11 +27,12 @@ const CLUSTER_COMMANDS_IN_FLIGHT: usize = 512;
 
 /// A connection to one Redis server (reconnecting by itself) or to a Redis Cluster (the
 /// cluster client: it follows `MOVED`/`ASK`, refreshes its slot map after a failover and
-/// reconnects to the new masters). Cheap to clone; every clone shares the connections.
+/// reconnects to the new masters; replaced when it stalls, see [`WatchedCluster`]). Cheap to
+/// clone; every clone shares the connections.
 #[derive(Clone)]
 pub enum RedisConnection {
     Server(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(WatchedCluster),
 }
 
 impl RedisConnection {
@@ -63,7 +63,9 @@ impl RedisConnection {
                 Err(refused) => return Err(refused),
             };
             if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
-                return Self::connect_cluster(&seeds).await;
+                let cluster =
+                    WatchedCluster::connect(&seeds, CONNECTION_TIMEOUT, RESPONSE_TIMEOUT).await?;
+                return Ok(RedisConnection::Cluster(cluster));
             }
             if seeds.len() > 1 {
                 return Err(RedisError::from((
@@ -79,16 +81,6 @@ impl RedisConnection {
             return Ok(RedisConnection::Server(manager));
         }
         Err(unreachable.unwrap_or_else(|| (ErrorKind::InvalidClientConfig, "no URL").into()))
-    }
-
-    async fn connect_cluster(seeds: &[&str]) -> RedisResult<Self> {
-        let client = ClusterClientBuilder::new(seeds.to_vec())
-            .connection_timeout(CONNECTION_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .build()?;
-        Ok(RedisConnection::Cluster(
-            client.get_async_connection().await?,
-        ))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -150,7 +142,7 @@ impl RedisConnection {
         let mut found = Vec::new();
         for (host, port) in cluster_masters(cluster).await? {
             let keys = scan_node(pattern, count, |scan| {
-                let mut cluster = cluster.clone();
+                let cluster = cluster.clone();
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
                     port,
@@ -194,7 +186,7 @@ async fn scan_node(
 
 /// The address of every master of the cluster, from `CLUSTER SLOTS` (each slot range names
 /// its master first: host, port, id).
-async fn cluster_masters(cluster: &mut ClusterConnection) -> RedisResult<BTreeSet<(String, u16)>> {
+async fn cluster_masters(cluster: &mut WatchedCluster) -> RedisResult<BTreeSet<(String, u16)>> {
     let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(cluster)
