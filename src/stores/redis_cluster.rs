@@ -7,7 +7,7 @@
 //! timeouts, a transient error that their callers retry like any other.
 
 use redis::aio::ConnectionLike;
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::RoutingInfo;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
@@ -25,9 +25,10 @@ pub struct WatchedCluster {
 }
 
 struct Shared {
-    seeds: Vec<String>,
-    connection_timeout: Duration,
-    response_timeout: Duration,
+    /// The client of the seed nodes: each connection it opens starts afresh.
+    client: ClusterClient,
+    /// Bound of one [`open`].
+    open_limit: Duration,
     current: RwLock<ClusterConnection>,
     watch: Mutex<Watch>,
 }
@@ -65,13 +66,16 @@ impl WatchedCluster {
         connection_timeout: Duration,
         response_timeout: Duration,
     ) -> RedisResult<Self> {
-        let seeds: Vec<String> = seeds.iter().map(|seed| seed.to_string()).collect();
-        let connection = open(&seeds, connection_timeout, response_timeout).await?;
+        let client = ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(connection_timeout)
+            .response_timeout(response_timeout)
+            .build()?;
+        let open_limit = connection_timeout + response_timeout;
+        let connection = open(&client, open_limit).await?;
         Ok(WatchedCluster {
             shared: Arc::new(Shared {
-                seeds,
-                connection_timeout,
-                response_timeout,
+                client,
+                open_limit,
                 current: RwLock::new(connection),
                 watch: Mutex::new(Watch {
                     last_answer: Instant::now(),
@@ -117,13 +121,7 @@ impl WatchedCluster {
             stalled_s = STALL_LIMIT.as_secs(),
             "no answer from the Redis Cluster while commands time out; reconnecting from the seed nodes"
         );
-        match open(
-            &shared.seeds,
-            shared.connection_timeout,
-            shared.response_timeout,
-        )
-        .await
-        {
+        match open(&shared.client, shared.open_limit).await {
             Ok(fresh) => {
                 *shared
                     .current
@@ -138,18 +136,9 @@ impl WatchedCluster {
     }
 }
 
-/// A new cluster client and its connections. Bounded in time: the client's own connect has no
-/// overall limit (redis-rs issue #1953).
-async fn open(
-    seeds: &[String],
-    connection_timeout: Duration,
-    response_timeout: Duration,
-) -> RedisResult<ClusterConnection> {
-    let client = ClusterClientBuilder::new(seeds.to_vec())
-        .connection_timeout(connection_timeout)
-        .response_timeout(response_timeout)
-        .build()?;
-    let limit = connection_timeout + response_timeout;
+/// A new cluster connection (its own slot map and node connections), within `limit`: the
+/// client's own connect has no overall limit (redis-rs issue #1953).
+async fn open(client: &ClusterClient, limit: Duration) -> RedisResult<ClusterConnection> {
     match tokio::time::timeout(limit, client.get_async_connection()).await {
         Ok(connected) => connected,
         Err(_) => Err(RedisError::from(std::io::Error::from(
