@@ -67,17 +67,19 @@ pub async fn get(kafka: &KafkaSettings, options: &GetOptions) -> Result<GetAnswe
         .reply_topic
         .clone()
         .unwrap_or_else(|| kafka.topics.reply.clone());
+    let producer = producer(kafka).map_err(|e| GetError::Kafka(format!("{e:#}")))?;
     let requester = by(
         deadline,
         options.timeout,
-        Requester::connect(kafka, reply_topic, options.timeout),
+        Requester::connect(kafka, producer, reply_topic, options.timeout),
     )
     .await?;
     requester.request_by(options, deadline).await
 }
 
 /// A requester that keeps its reply consumer and its producer across requests, sent one after
-/// the other (the `bench` command's clients; `get` uses one for a single request).
+/// the other (the `bench` command's clients, which share one producer as the requesters of
+/// one application would; `get` uses one for a single request).
 pub struct Requester {
     kafka: KafkaSettings,
     reply_topic: String,
@@ -86,9 +88,11 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// Listens on `reply_topic` (created when missing) from its current end.
+    /// Listens on `reply_topic` (created when missing) from its current end; sends requests
+    /// with `producer`.
     pub async fn connect(
         kafka: &KafkaSettings,
+        producer: ServiceProducer,
         reply_topic: String,
         timeout: Duration,
     ) -> Result<Self, GetError> {
@@ -96,7 +100,6 @@ impl Requester {
             return Err(GetError::InvalidReplyTopic(reply_topic));
         }
         let consumer = listen_at_end(kafka, reply_topic.clone(), timeout).await?;
-        let producer = producer(kafka).map_err(|e| GetError::Kafka(format!("{e:#}")))?;
         Ok(Requester {
             kafka: kafka.clone(),
             reply_topic,
@@ -304,7 +307,7 @@ impl Chunks {
     /// Adds one reply value; returns the whole reply once every chunk is there.
     fn add(&mut self, reply: ReplyValue<'_>) -> Option<GetAnswer> {
         let Some(chunk) = &reply.chunk else {
-            return Some(answer(&reply, reply.body.get()));
+            return Some(answer(&reply, |json| json.push_str(reply.body.get())));
         };
         if chunk.index >= chunk.count {
             tracing::warn!(
@@ -320,24 +323,41 @@ impl Chunks {
         if self.bodies.len() < chunk.count {
             return None;
         }
-        let lists: Vec<Vec<&RawValue>> = self
-            .bodies
-            .values()
-            .filter_map(|body| serde_json::from_str(body).ok())
-            .collect();
-        let entries: Vec<&str> = lists.iter().flatten().map(|entry| entry.get()).collect();
-        Some(answer(&reply, &format!("[{}]", entries.join(","))))
+        let lists: Vec<&str> = self.bodies.values().filter_map(|b| list_items(b)).collect();
+        Some(answer(&reply, |json| {
+            json.reserve(lists.iter().map(|items| items.len() + 1).sum::<usize>() + 1);
+            json.push('[');
+            for (index, items) in lists.iter().filter(|items| !items.is_empty()).enumerate() {
+                if index > 0 {
+                    json.push(',');
+                }
+                json.push_str(items);
+            }
+            json.push(']');
+        }))
     }
 }
 
-fn answer(reply: &ReplyValue<'_>, body: &str) -> GetAnswer {
+/// The items of a chunk's list as written between its brackets; `None` if the body is not a
+/// list. The body was already read as one JSON value, so a body in brackets is a well-formed
+/// list and its items can be joined without reading them again (a 100k-device reply is 23 MB).
+fn list_items(body: &str) -> Option<&str> {
+    let inner = body.trim().strip_prefix('[')?.strip_suffix(']')?;
+    Some(inner.trim())
+}
+
+/// The reply object without its `chunk` field, its body written by `write_body`.
+fn answer(reply: &ReplyValue<'_>, write_body: impl FnOnce(&mut String)) -> GetAnswer {
+    let mut json = format!(
+        r#"{{"request_id":{},"status":{},"body":"#,
+        reply.request_id.get(),
+        reply.status
+    );
+    write_body(&mut json);
+    json.push('}');
     GetAnswer {
         status: reply.status,
-        json: format!(
-            r#"{{"request_id":{},"status":{},"body":{body}}}"#,
-            reply.request_id.get(),
-            reply.status
-        ),
+        json,
     }
 }
 
@@ -381,6 +401,24 @@ mod tests {
         assert_eq!(
             answer.json,
             r#"{"request_id":"r","status":200,"body":[{"e":1},{"e":2},{"e": 3.0},{"e":4},{"e":5}]}"#
+        );
+    }
+
+    #[test]
+    fn empty_chunks_and_chunks_that_are_not_lists_add_no_entries() {
+        let mut chunks = Chunks::default();
+        let chunk = |index: usize, body: &str| {
+            format!(
+                r#"{{"request_id":"r","status":200,"body":{body},"chunk":{{"index":{index},"count":4}}}}"#
+            )
+        };
+        assert!(add(&mut chunks, &chunk(0, " [ ] ")).is_none());
+        assert!(add(&mut chunks, &chunk(1, r#"[ {"e":"]"} ]"#)).is_none());
+        assert!(add(&mut chunks, &chunk(2, r#""[not a list]""#)).is_none());
+        let answer = add(&mut chunks, &chunk(3, "[]")).unwrap();
+        assert_eq!(
+            answer.json,
+            r#"{"request_id":"r","status":200,"body":[{"e":"]"}]}"#
         );
     }
 }
