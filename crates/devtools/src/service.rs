@@ -296,6 +296,21 @@ pub fn cassandra_pid(chosen: Option<u32>) -> Option<u32> {
     found.next().is_none().then_some(pid)
 }
 
+/// The highest JIT tier the JVM `pid` may use when its arguments limit it
+/// (`-XX:TieredStopAtLevel=N`, the last one wins); `None` when unlimited or unreadable.
+pub fn jit_tier_limit(pid: u32) -> Option<u32> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    tier_limit(&cmdline)
+}
+
+fn tier_limit(cmdline: &[u8]) -> Option<u32> {
+    let limit = cmdline
+        .split(|&byte| byte == 0)
+        .filter_map(|arg| arg.strip_prefix(b"-XX:TieredStopAtLevel="))
+        .next_back()?;
+    std::str::from_utf8(limit).ok()?.parse().ok()
+}
+
 /// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a JVM running Cassandra, not
 /// merely a command naming it (a `pgrep -f CassandraDaemon`).
 fn runs_cassandra(cmdline: &[u8]) -> bool {
@@ -330,6 +345,17 @@ fn parse_memory(status: &str) -> Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_tiered_stop_level_of_a_jvm_counts() {
+        let cmdline = b"java\0-XX:TieredStopAtLevel=1\0-Xmx1g\0-XX:TieredStopAtLevel=4\0Main\0";
+        assert_eq!(tier_limit(cmdline), Some(4));
+        assert_eq!(
+            tier_limit(b"java\0-XX:TieredStopAtLevel=1\0Main\0"),
+            Some(1)
+        );
+        assert_eq!(tier_limit(b"java\0-Xmx1g\0Main\0"), None);
+    }
 
     #[test]
     fn memory_comes_from_vm_rss_and_vm_hwm() {

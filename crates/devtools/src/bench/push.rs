@@ -17,7 +17,8 @@ use super::store_limit::{self, per_100k, StoreLimit, INSERTS_IN_FLIGHT};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{
-    cassandra_pid, isolated_env, isolated_kafka, process_cpu_seconds, Memory, ServiceChild,
+    cassandra_pid, isolated_env, isolated_kafka, jit_tier_limit, process_cpu_seconds, Memory,
+    ServiceChild,
 };
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{ensure_topics, producer};
@@ -175,8 +176,23 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                  100k events; Cassandra is the JVM whose main class is CassandraDaemon ({})",
                 cassandra_pid.map_or("not found: give --cassandra-pid".to_string(), |pid| format!("pid {pid}"))
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(cassandra_pid.and_then(c1_only_note))
+        .collect(),
     })
+}
+
+/// A warning when Cassandra's JVM stops below C2 (the test stack's default, for a faster
+/// start): its writes then cost about twice the CPU of a production JVM's, which lowers the
+/// store limit and hides the service's own cost behind Cassandra's.
+fn c1_only_note(pid: u32) -> Option<String> {
+    let tier = jit_tier_limit(pid).filter(|tier| *tier < 4)?;
+    Some(format!(
+        "WARNING: Cassandra runs with -XX:TieredStopAtLevel={tier} (no C2 JIT), so the store \
+         limit is far below a production JVM's; scripts/bench starts the stack with C2 \
+         (STACK_CASSANDRA_JVM_OPTS=-XX:TieredStopAtLevel=4) when it starts it"
+    ))
 }
 
 /// CPU per 100k events of the service and of Cassandra during the push, beside Cassandra's
