@@ -365,6 +365,13 @@ fn answer(reply: &ReplyValue<'_>, write_body: impl FnOnce(&mut String)) -> GetAn
 mod tests {
     use super::*;
 
+    /// Chunk `index` of `count` of a 200 reply to request "r".
+    fn chunk_of(index: usize, count: usize, body: &str) -> String {
+        format!(
+            r#"{{"request_id":"r","status":200,"body":{body},"chunk":{{"index":{index},"count":{count}}}}}"#
+        )
+    }
+
     fn add(chunks: &mut Chunks, value: &str) -> Option<GetAnswer> {
         chunks.add(serde_json::from_str(value).unwrap())
     }
@@ -386,11 +393,7 @@ mod tests {
     #[test]
     fn chunks_are_joined_by_index_whatever_their_order() {
         let mut chunks = Chunks::default();
-        let chunk = |index: usize, body: &str| {
-            format!(
-                r#"{{"request_id":"r","status":200,"body":{body},"chunk":{{"index":{index},"count":3}}}}"#
-            )
-        };
+        let chunk = |index, body| chunk_of(index, 3, body);
         assert!(add(&mut chunks, &chunk(2, r#"[{"e":5}]"#)).is_none());
         assert!(add(&mut chunks, &chunk(0, r#"[{"e":1},{"e":2}]"#)).is_none());
         assert!(
@@ -407,11 +410,7 @@ mod tests {
     #[test]
     fn empty_chunks_and_chunks_that_are_not_lists_add_no_entries() {
         let mut chunks = Chunks::default();
-        let chunk = |index: usize, body: &str| {
-            format!(
-                r#"{{"request_id":"r","status":200,"body":{body},"chunk":{{"index":{index},"count":4}}}}"#
-            )
-        };
+        let chunk = |index, body| chunk_of(index, 4, body);
         assert!(add(&mut chunks, &chunk(0, " [ ] ")).is_none());
         assert!(add(&mut chunks, &chunk(1, r#"[ {"e":"]"} ]"#)).is_none());
         assert!(add(&mut chunks, &chunk(2, r#""[not a list]""#)).is_none());
