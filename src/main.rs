@@ -16,6 +16,10 @@ use hawkeye_customer_cache::service::{self, RunSettings};
 use hawkeye_customer_cache::stores::{rebuild, verify};
 use hawkeye_customer_cache::{observe, shutdown};
 
+/// mimalloc rather than glibc's malloc: see `Cargo.toml`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {

@@ -1,8 +1,9 @@
 //! Cassandra/ScyllaDB: session, keyspace and `device_profile` table creation.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -10,11 +11,17 @@ use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::cluster::metadata::ColumnType;
+use scylla::errors::ExecutionError;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::{CellWriter, WrittenCellProof};
+use scylla::serialize::SerializationError;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
+use scylla::value::{CqlTimestamp, MaybeUnset};
 
+use super::acknowledged::{AcknowledgedCells, Cells};
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
@@ -139,14 +146,18 @@ impl CassandraStore {
     }
 }
 
-/// Writes device profiles into `device_profile`: one unlogged single-partition batch per
-/// device whose cell timestamps encode the per-field rules, so no read and no lightweight
-/// transaction is needed (docs/architecture.md, "Device profile push").
+/// Writes device profiles into `device_profile`: one statement per device where the cells of
+/// its updates can share one, else one unlogged single-partition batch per device; the cell
+/// timestamps encode the per-field rules, so no read and no lightweight transaction is needed
+/// (docs/architecture.md, "Device profile push").
 #[derive(Clone)]
 pub struct ProfileWriter {
     session: Arc<Session>,
     statements: Arc<ProfileStatements>,
     writes_in_flight: usize,
+    /// Lets a write leave out the value-timestamped cells Cassandra already holds, which
+    /// usually leaves one statement instead of a batch of two.
+    acknowledged: Arc<AcknowledgedCells<OWN_TIMESTAMP_COLUMNS>>,
 }
 
 /// The statements of the write path, prepared once.
@@ -155,19 +166,43 @@ struct ProfileStatements {
     /// whose cell timestamp is the update's version ([`shares_the_version`]), in [`FIELDS`]
     /// order: the columns an update does not carry are bound unset, so they stay as they are.
     versioned: PreparedStatement,
-    /// `UPDATE … USING TIMESTAMP ? SET column = ? WHERE device_id = ?` for each other column:
-    /// its timestamp comes from its value, so it needs a statement of its own.
-    by_column: BTreeMap<&'static str, PreparedStatement>,
+    /// `UPDATE … USING TIMESTAMP ? SET column = ? WHERE device_id = ?` for each column of
+    /// [`own_timestamp_fields`], by slot: its timestamp comes from its value, so it needs a
+    /// statement of its own.
+    own_timestamp: Vec<PreparedStatement>,
 }
 
 /// Whether a rule's cell timestamp is the update's version, shared by all such columns.
-fn shares_the_version(rule: MergeRule) -> bool {
+const fn shares_the_version(rule: MergeRule) -> bool {
     matches!(rule, MergeRule::NewestVersion | MergeRule::UpdateVersion)
 }
 
 fn versioned_fields() -> impl Iterator<Item = &'static FieldSpec> {
     FIELDS.iter().filter(|spec| shares_the_version(spec.rule))
 }
+
+/// The columns whose cell timestamp comes from their value (`first_access`,
+/// `user_declared_on`, `last_contact`); a column's slot is its place in this order.
+fn own_timestamp_fields() -> impl Iterator<Item = &'static FieldSpec> {
+    FIELDS.iter().filter(|spec| !shares_the_version(spec.rule))
+}
+
+/// How many [`own_timestamp_fields`] there are.
+const OWN_TIMESTAMP_COLUMNS: usize = {
+    let mut count = 0;
+    let mut index = 0;
+    while index < FIELDS.len() {
+        if !shares_the_version(FIELDS[index].rule) {
+            count += 1;
+        }
+        index += 1;
+    }
+    count
+};
+
+/// The bound values of one statement: the cell timestamp, the columns (absent ones unset),
+/// the key.
+type StatementRow<'a> = Vec<MaybeUnset<ColumnValue<'a>>>;
 
 impl ProfileWriter {
     pub async fn prepare(store: &CassandraStore) -> Result<Self, StoreError> {
@@ -182,27 +217,29 @@ impl ProfileWriter {
         let versioned = store.session.prepare(versioned).await.map_err(|e| {
             StoreError::cassandra("cannot prepare the update of the versioned columns", e)
         })?;
-        let mut by_column = BTreeMap::new();
-        for spec in FIELDS.iter().filter(|spec| !shares_the_version(spec.rule)) {
+        let mut own_timestamp = Vec::with_capacity(OWN_TIMESTAMP_COLUMNS);
+        for spec in own_timestamp_fields() {
             let column = spec.column;
             let cql =
                 format!("UPDATE {table} USING TIMESTAMP ? SET {column} = ? WHERE device_id = ?");
             let prepared = store.session.prepare(cql).await.map_err(|e| {
                 StoreError::cassandra(&format!("cannot prepare the update of {column}"), e)
             })?;
-            by_column.insert(column, prepared);
+            own_timestamp.push(prepared);
         }
         Ok(ProfileWriter {
             session: store.session.clone(),
             writes_in_flight: store.writes_in_flight,
             statements: Arc::new(ProfileStatements {
                 versioned,
-                by_column,
+                own_timestamp,
             }),
+            acknowledged: Arc::default(),
         })
     }
 
-    /// Writes every update: one batch per device, at most `CASSANDRA_WRITE_CONCURRENCY` at a time.
+    /// Writes every update: one write per device, at most `CASSANDRA_WRITE_CONCURRENCY` at a
+    /// time.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Refusals, StoreError> {
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
@@ -223,57 +260,73 @@ impl ProfileWriter {
         refusals(written)
     }
 
-    /// One unlogged batch of every statement of one device's updates: a single-partition
-    /// mutation.
+    /// Every statement of one device's updates, less the cells Cassandra already holds, as
+    /// one single-partition mutation.
     async fn upsert_device(
         &self,
         device_id: &str,
         updates: Vec<&ProfileUpdate>,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::new(BatchType::Unlogged);
-        let mut values = Vec::new();
-        for write in updates.into_iter().flat_map(profile_writes) {
-            let (statement, row) = match write {
+        let began = Instant::now();
+        let held = self.acknowledged.held(device_id, began);
+        let (writes, written) = unheld_writes(updates, &held);
+        let mut statements = Vec::with_capacity(writes.len());
+        for write in writes {
+            statements.push(match write {
                 ProfileWrite::Versioned { timestamp, values } => (
                     &self.statements.versioned,
                     statement_row(timestamp, values, device_id),
                 ),
-                ProfileWrite::Column(cell) => {
-                    let statement =
-                        self.statements.by_column.get(cell.column).ok_or_else(|| {
+                ProfileWrite::Column(cell) => (
+                    self.statements
+                        .own_timestamp
+                        .get(cell.slot)
+                        .ok_or_else(|| {
                             StoreError::cassandra(
                                 "cannot write device_profile",
                                 CassandraCause::UnpreparedColumn(cell.column),
                             )
-                        })?;
-                    (
-                        statement,
-                        statement_row(cell.timestamp, vec![Some(cell.value)], device_id),
-                    )
-                }
-            };
-            batch.append_statement(statement.clone());
-            values.push(row);
+                        })?,
+                    statement_row(cell.timestamp, vec![Some(cell.value)], device_id),
+                ),
+            });
         }
-        self.session
-            .batch(&batch, values)
+        self.execute(statements)
             .await
             .map_err(|e| StoreError::cassandra("cannot write device_profile", e))?;
+        self.acknowledged.acknowledged(device_id, &written, began);
+        Ok(())
+    }
+
+    /// One statement alone, several as an unlogged batch (all of one partition here).
+    async fn execute(
+        &self,
+        mut statements: Vec<(&PreparedStatement, StatementRow<'_>)>,
+    ) -> Result<(), ExecutionError> {
+        if statements.len() > 1 {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values = Vec::with_capacity(statements.len());
+            for (statement, row) in statements {
+                batch.append_statement(statement.clone());
+                values.push(row);
+            }
+            self.session.batch(&batch, values).await?;
+        } else if let Some((statement, row)) = statements.pop() {
+            self.session.execute_unpaged(statement, row).await?;
+        }
         Ok(())
     }
 }
 
-/// The bound values of one statement: the cell timestamp, the columns (absent ones unset),
-/// the key.
-fn statement_row(
+fn statement_row<'a>(
     timestamp: i64,
-    columns: Vec<Option<CqlValue>>,
-    device_id: &str,
-) -> Vec<MaybeUnset<CqlValue>> {
+    columns: Vec<Option<ColumnValue<'a>>>,
+    device_id: &'a str,
+) -> StatementRow<'a> {
     let mut row = Vec::with_capacity(columns.len() + 2);
-    row.push(MaybeUnset::Set(CqlValue::BigInt(timestamp)));
+    row.push(MaybeUnset::Set(ColumnValue::BigInt(timestamp)));
     row.extend(columns.into_iter().map(MaybeUnset::from_option));
-    row.push(MaybeUnset::Set(CqlValue::Text(device_id.to_string())));
+    row.push(MaybeUnset::Set(ColumnValue::Text(Cow::Borrowed(device_id))));
     row
 }
 
@@ -300,29 +353,54 @@ fn refusals<'a>(
 
 /// One column write: the cell timestamp makes Cassandra's last-write-wins apply the field's rule.
 #[derive(Debug, Clone, PartialEq)]
-struct Cell {
+struct Cell<'a> {
     column: &'static str,
+    /// The column's place among [`own_timestamp_fields`].
+    slot: usize,
     timestamp: i64,
-    value: CqlValue,
+    value: ColumnValue<'a>,
 }
 
 /// One statement of an update.
 #[derive(Debug, Clone, PartialEq)]
-enum ProfileWrite {
+enum ProfileWrite<'a> {
     /// Every versioned column at the update's version: the values in [`versioned_fields`]
     /// order, `None` for the columns the update does not carry.
     Versioned {
         timestamp: i64,
-        values: Vec<Option<CqlValue>>,
+        values: Vec<Option<ColumnValue<'a>>>,
     },
     /// A column whose timestamp comes from its value.
-    Column(Cell),
+    Column(Cell<'a>),
+}
+
+/// The statements of one device's updates less the cells Cassandra is known to hold (`held`,
+/// by slot): last-write-wins would keep those, so the row is the same without them. Also the
+/// newest cell timestamp written per slot.
+fn unheld_writes<'a>(
+    updates: Vec<&'a ProfileUpdate>,
+    held: &Cells<OWN_TIMESTAMP_COLUMNS>,
+) -> (Vec<ProfileWrite<'a>>, Cells<OWN_TIMESTAMP_COLUMNS>) {
+    let mut written = [None; OWN_TIMESTAMP_COLUMNS];
+    let writes = updates
+        .into_iter()
+        .flat_map(profile_writes)
+        .filter(|write| match write {
+            ProfileWrite::Versioned { .. } => true,
+            ProfileWrite::Column(cell) if held[cell.slot] >= Some(cell.timestamp) => false,
+            ProfileWrite::Column(cell) => {
+                written[cell.slot] = written[cell.slot].max(Some(cell.timestamp));
+                true
+            }
+        })
+        .collect();
+    (writes, written)
 }
 
 /// The statements of one update: one for the versioned columns, one per other column carried.
-fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite> {
-    let values: Vec<Option<CqlValue>> = versioned_fields()
-        .map(|spec| update.value(spec.field).map(cql_value))
+fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
+    let values: Vec<Option<ColumnValue<'_>>> = versioned_fields()
+        .map(|spec| update.value(spec.field).map(ColumnValue::from))
         .collect();
     let mut writes = Vec::new();
     if values.iter().any(Option::is_some) {
@@ -331,15 +409,19 @@ fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite> {
             values,
         });
     }
-    let own_timestamps = FIELDS.iter().filter(|spec| !shares_the_version(spec.rule));
-    writes.extend(own_timestamps.filter_map(|spec| {
-        let value = update.value(spec.field)?;
-        Some(ProfileWrite::Column(Cell {
-            column: spec.column,
-            timestamp: cell_timestamp(spec.rule, update.version, &value),
-            value: cql_value(value),
-        }))
-    }));
+    writes.extend(
+        own_timestamp_fields()
+            .enumerate()
+            .filter_map(|(slot, spec)| {
+                let value = update.value(spec.field)?;
+                Some(ProfileWrite::Column(Cell {
+                    column: spec.column,
+                    slot,
+                    timestamp: cell_timestamp(spec.rule, update.version, &value),
+                    value: ColumnValue::from(value),
+                }))
+            }),
+    );
     writes
 }
 
@@ -373,27 +455,43 @@ fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i
     }
 }
 
-/// A field value as its column type; absent fields are not written at all.
-pub fn cql_value(value: FieldValue<'_>) -> CqlValue {
-    match value {
-        FieldValue::Text(text) => CqlValue::Text(text.into_owned()),
-        FieldValue::BigInt(number) => CqlValue::BigInt(number),
-        FieldValue::TextMap(map) => text_map(&map),
-        FieldValue::Timestamp(ms) => timestamp(ms),
-        FieldValue::LastContact(contact) => timestamp(contact.at.timestamp_millis()),
+/// A field value as its column type, borrowing the update's text and maps rather than copying
+/// them into every bound cell; absent fields are not written at all.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnValue<'a> {
+    Text(Cow<'a, str>),
+    BigInt(i64),
+    TextMap(Cow<'a, BTreeMap<String, String>>),
+    Timestamp(CqlTimestamp),
+}
+
+impl<'a> From<FieldValue<'a>> for ColumnValue<'a> {
+    fn from(value: FieldValue<'a>) -> Self {
+        match value {
+            FieldValue::Text(text) => ColumnValue::Text(text),
+            FieldValue::BigInt(number) => ColumnValue::BigInt(number),
+            FieldValue::TextMap(map) => ColumnValue::TextMap(map),
+            FieldValue::Timestamp(ms) => ColumnValue::Timestamp(CqlTimestamp(ms)),
+            FieldValue::LastContact(contact) => {
+                ColumnValue::Timestamp(CqlTimestamp(contact.at.timestamp_millis()))
+            }
+        }
     }
 }
 
-fn timestamp(epoch_ms: i64) -> CqlValue {
-    CqlValue::Timestamp(CqlTimestamp(epoch_ms))
-}
-
-fn text_map(map: &BTreeMap<String, String>) -> CqlValue {
-    CqlValue::Map(
-        map.iter()
-            .map(|(key, value)| (CqlValue::Text(key.clone()), CqlValue::Text(value.clone())))
-            .collect(),
-    )
+impl SerializeValue for ColumnValue<'_> {
+    fn serialize<'b>(
+        &self,
+        typ: &ColumnType,
+        writer: CellWriter<'b>,
+    ) -> Result<WrittenCellProof<'b>, SerializationError> {
+        match self {
+            ColumnValue::Text(text) => text.serialize(typ, writer),
+            ColumnValue::BigInt(number) => number.serialize(typ, writer),
+            ColumnValue::TextMap(map) => map.serialize(typ, writer),
+            ColumnValue::Timestamp(timestamp) => timestamp.serialize(typ, writer),
+        }
+    }
 }
 
 impl ReadinessCheck for CassandraStore {
@@ -410,12 +508,12 @@ mod tests {
     use super::*;
     use crate::profile::{LastContact, TextField};
 
-    fn cell_of<'a>(cells: &'a [Cell], column: &str) -> &'a Cell {
+    fn cell_of<'a, 'b>(cells: &'a [Cell<'b>], column: &str) -> &'a Cell<'b> {
         cells.iter().find(|cell| cell.column == column).unwrap()
     }
 
     /// The cells the statements write, each with the timestamp it gets.
-    fn written_cells(writes: Vec<ProfileWrite>) -> Vec<Cell> {
+    fn written_cells(writes: Vec<ProfileWrite<'_>>) -> Vec<Cell<'_>> {
         writes
             .into_iter()
             .flat_map(|write| match write {
@@ -424,6 +522,7 @@ mod tests {
                     .filter_map(|(spec, value)| {
                         Some(Cell {
                             column: spec.column,
+                            slot: usize::MAX,
                             timestamp,
                             value: value?,
                         })
@@ -452,22 +551,31 @@ mod tests {
         let cells = written_cells(profile_writes(&update));
         let newest = 1_650_000_000_000_000;
         assert_eq!(cell_of(&cells, "user_declared_state").timestamp, newest);
-        assert_eq!(cell_of(&cells, "client_id").value, CqlValue::BigInt(9994));
+        assert_eq!(
+            cell_of(&cells, "client_id").value,
+            ColumnValue::BigInt(9994)
+        );
         assert_eq!(cell_of(&cells, "uaspec").timestamp, newest);
         assert_eq!(
             cell_of(&cells, "updated_date").value,
-            timestamp(update.version)
+            ColumnValue::Timestamp(CqlTimestamp(update.version))
         );
         let first_access = cell_of(&cells, "first_access");
         assert_eq!(first_access.timestamp, -1_600_000_000_000);
-        assert_eq!(first_access.value, timestamp(1_600_000_000_000));
+        assert_eq!(
+            first_access.value,
+            ColumnValue::Timestamp(CqlTimestamp(1_600_000_000_000))
+        );
         assert_eq!(
             cell_of(&cells, "user_declared_on").timestamp,
             -update.version
         );
         let contact = cell_of(&cells, "last_contact");
         assert_eq!(contact.timestamp, 1_604_584_627_123_456);
-        assert_eq!(contact.value, timestamp(1_604_584_627_123));
+        assert_eq!(
+            contact.value,
+            ColumnValue::Timestamp(CqlTimestamp(1_604_584_627_123))
+        );
         assert!(!cells
             .iter()
             .any(|cell| cell.column == "site_id" || cell.column == "device_spec"));
@@ -500,12 +608,12 @@ mod tests {
 
     #[test]
     fn the_statement_rows_bind_timestamp_columns_and_key_in_order() {
-        let row = statement_row(7, vec![None, Some(CqlValue::BigInt(3))], "d");
+        let row = statement_row(7, vec![None, Some(ColumnValue::BigInt(3))], "d");
         assert_eq!(row.len(), 4);
-        assert!(matches!(row[0], MaybeUnset::Set(CqlValue::BigInt(7))));
+        assert!(matches!(row[0], MaybeUnset::Set(ColumnValue::BigInt(7))));
         assert!(matches!(row[1], MaybeUnset::Unset));
-        assert!(matches!(row[2], MaybeUnset::Set(CqlValue::BigInt(3))));
-        assert!(matches!(&row[3], MaybeUnset::Set(CqlValue::Text(key)) if key == "d"));
+        assert!(matches!(row[2], MaybeUnset::Set(ColumnValue::BigInt(3))));
+        assert!(matches!(&row[3], MaybeUnset::Set(ColumnValue::Text(key)) if key == "d"));
     }
 
     proptest::proptest! {
@@ -547,6 +655,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_value_timestamped_column_has_a_slot_in_order() {
+        let columns: Vec<&str> = own_timestamp_fields().map(|spec| spec.column).collect();
+        assert_eq!(
+            columns,
+            ["first_access", "user_declared_on", "last_contact"]
+        );
+        assert_eq!(OWN_TIMESTAMP_COLUMNS, columns.len());
+        let update = ProfileUpdate {
+            device_id: "d".into(),
+            version: 5,
+            text: [(TextField::UserDeclaredState, "KA".to_string())].into(),
+            first_access: Some(3),
+            ..ProfileUpdate::default()
+        };
+        let slots: Vec<(&str, usize)> = written_cells(profile_writes(&update))
+            .iter()
+            .filter(|cell| cell.slot != usize::MAX)
+            .map(|cell| (cell.column, cell.slot))
+            .collect();
+        assert_eq!(slots, [("first_access", 0), ("user_declared_on", 1)]);
+    }
+
+    #[test]
+    fn cells_cassandra_holds_at_a_later_or_equal_timestamp_are_left_out() {
+        let update = ProfileUpdate {
+            device_id: "d".into(),
+            version: 1_650_000_000_000,
+            text: [(TextField::UserDeclaredState, "KA".to_string())].into(),
+            first_access: Some(1_600_000_000_000),
+            ..ProfileUpdate::default()
+        };
+        let columns = |writes: &[ProfileWrite<'_>]| -> Vec<&str> {
+            written_cells(writes.to_vec())
+                .iter()
+                .filter(|cell| cell.slot != usize::MAX)
+                .map(|cell| cell.column)
+                .collect()
+        };
+        // Unknown to the memory: every cell is written, and reported as written.
+        let (writes, written) = unheld_writes(vec![&update], &[None; OWN_TIMESTAMP_COLUMNS]);
+        assert_eq!(columns(&writes), ["first_access", "user_declared_on"]);
+        let first_access = smallest_wins(1_600_000_000_000);
+        let declared_on = smallest_wins(update.version);
+        assert_eq!(written, [Some(first_access), Some(declared_on), None]);
+        // first_access held as it is, user_declared_on held at a later declaration (a smaller
+        // timestamp), which this update's earlier one beats.
+        let held = [Some(first_access), Some(declared_on - 1), None];
+        let (writes, written) = unheld_writes(vec![&update], &held);
+        assert_eq!(columns(&writes), ["user_declared_on"]);
+        assert_eq!(written, [None, Some(declared_on), None]);
+        assert!(matches!(writes[0], ProfileWrite::Versioned { .. }));
+        // Everything held: the versioned statement alone is left.
+        let held = [Some(first_access + 1), Some(declared_on), None];
+        let (writes, written) = unheld_writes(vec![&update], &held);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(written, [None; OWN_TIMESTAMP_COLUMNS]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Adapters of the two stores the service writes: Redis and Cassandra/ScyllaDB.
 
+mod acknowledged;
 pub mod cassandra;
 mod error;
 pub mod profiles;

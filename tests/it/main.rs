@@ -17,6 +17,7 @@ mod get_reply_route;
 mod get_status;
 mod metrics_scrape;
 mod profile_dead_letters;
+mod profile_first_access;
 mod profile_large_numbers;
 mod profile_order;
 mod profile_rebuild;

@@ -4,14 +4,14 @@
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use scylla::value::{CqlValue, MaybeUnset};
+use scylla::value::MaybeUnset;
 use tokio::time::Instant;
 
 use super::probe::Harness;
 use crate::service::process_cpu_seconds;
 use hawkeye_customer_cache::profile::fields::FIELDS;
 use hawkeye_customer_cache::profile::ProfileUpdate;
-use hawkeye_customer_cache::stores::cassandra::{cql_value, DEVICE_PROFILE_CQL};
+use hawkeye_customer_cache::stores::cassandra::{ColumnValue, DEVICE_PROFILE_CQL};
 use hawkeye_customer_cache::stores::redis::hash_value;
 
 /// `INSERT`s in flight tried; the best is the limit.
@@ -141,12 +141,14 @@ pub fn per_100k(cpu_seconds: f64, events: usize) -> f64 {
 }
 
 /// The key, then every column of the table in `FIELDS` order.
-fn insert_row(update: &ProfileUpdate) -> Vec<MaybeUnset<CqlValue>> {
-    let mut row = vec![MaybeUnset::Set(CqlValue::Text(update.device_id.clone()))];
+fn insert_row(update: &ProfileUpdate) -> Vec<MaybeUnset<ColumnValue<'_>>> {
+    let mut row = vec![MaybeUnset::Set(ColumnValue::Text(
+        update.device_id.as_str().into(),
+    ))];
     row.extend(
         FIELDS
             .iter()
-            .map(|spec| MaybeUnset::from_option(update.value(spec.field).map(cql_value))),
+            .map(|spec| MaybeUnset::from_option(update.value(spec.field).map(ColumnValue::from))),
     );
     row
 }

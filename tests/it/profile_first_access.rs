@@ -1,0 +1,58 @@
+//! The earliest `first_access` wins in Cassandra across separate batches, also once the
+//! service remembers the cell it wrote (it then leaves out `first_access` cells that cannot
+//! win): an earlier value that comes later is still written, a later one changes nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::profiles::{cassandra_row, produce_json, producer, wait_for_city};
+use crate::common::service::isolated_env;
+use crate::common::{cassandra_session, unique, ServiceProcess};
+
+const WAIT: Duration = Duration::from_secs(30);
+const VERSION: i64 = 1_700_000_000_000;
+
+#[tokio::test]
+async fn an_earlier_first_access_still_wins_after_the_first_one_was_written() {
+    let mut service = ServiceProcess::start(isolated_env());
+    service.wait_ready(Duration::from_secs(60)).await;
+    let env = service.env.clone();
+    let session = cassandra_session().await;
+    let producer = producer();
+    let device = unique("first");
+    let first_access_in_cassandra = || async {
+        let row = cassandra_row(&session, &env, &device)
+            .await
+            .expect("the device_profile row");
+        row["first_access"].as_str().unwrap_or_default().to_string()
+    };
+
+    // Each event waits for the one before it, so each is its own batch: Cassandra's cell
+    // timestamps decide, not the in-batch merge.
+    let event = |first_access: i64, city: &str, version: i64| {
+        json!({"device_id": device, "api_last_updated_on": version, "city": city,
+               "first_access": first_access})
+    };
+    produce_json(&producer, &env, &event(VERSION - 10_000, "a", VERSION)).await;
+    wait_for_city(&env, &session, &device, "a", WAIT).await;
+    assert_eq!(
+        first_access_in_cassandra().await,
+        "2023-11-14 22:13:10.000Z"
+    );
+
+    produce_json(&producer, &env, &event(VERSION - 50_000, "b", VERSION + 1)).await;
+    wait_for_city(&env, &session, &device, "b", WAIT).await;
+    assert_eq!(
+        first_access_in_cassandra().await,
+        "2023-11-14 22:12:30.000Z",
+        "an earlier first_access coming later is written"
+    );
+
+    produce_json(&producer, &env, &event(VERSION - 20_000, "c", VERSION + 2)).await;
+    wait_for_city(&env, &session, &device, "c", WAIT).await;
+    assert_eq!(
+        first_access_in_cassandra().await,
+        "2023-11-14 22:12:30.000Z"
+    );
+}
