@@ -13,6 +13,8 @@ use super::probe::Harness;
 use super::table::{percentile, Row};
 use super::{Bench, Report};
 use crate::service::{isolated_env, isolated_kafka, ServiceChild};
+use hawkeye_customer_cache::cache::client::listen_at_end;
+use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{client_config, ensure_topics};
 use hawkeye_customer_cache::profile::event::parse_event;
 
@@ -60,17 +62,14 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         let value = event(&device_id, "seen");
         let started = Instant::now();
         let record = FutureRecord::to(topic).key(&device_id).payload(&value);
-        producer
-            .send(record, SEND_TIMEOUT)
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("cannot produce the event: {e}"))?;
-        wait_visible(&harness, &device_id).await?;
+        tokio::try_join!(send(&producer, record), wait_visible(&harness, &device_id))?;
         if sample > 0 {
             through_service.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(PAUSE).await;
     }
     service.stop().await?;
+    let through_kafka = kafka_alone(&kafka, &producer, &format!("{name}-kafka"), samples).await?;
     let mut direct = Vec::with_capacity(samples);
     for sample in 0..=samples {
         let device_id = format!("{name}-w{sample}");
@@ -78,8 +77,10 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             .map_err(|rejection| anyhow::anyhow!("event rejected: {rejection}"))?
             .update;
         let started = Instant::now();
-        harness.stores.upsert(&[update]).await?;
-        wait_visible(&harness, &device_id).await?;
+        tokio::try_join!(
+            async { Ok(harness.stores.upsert(&[update]).await?) },
+            wait_visible(&harness, &device_id)
+        )?;
         if sample > 0 {
             direct.push(started.elapsed().as_secs_f64() * 1000.0);
         }
@@ -87,6 +88,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     }
     let [p50, p99] = [50.0, 99.0].map(|p| percentile(&through_service, p));
     let [direct_p50, direct_p99] = [50.0, 99.0].map(|p| percentile(&direct, p));
+    let [kafka_p50, kafka_p99] = [50.0, 99.0].map(|p| percentile(&through_kafka, p));
     Ok(Report {
         rows: vec![
             Row::new(
@@ -103,17 +105,39 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                 format!("<= {TARGET_P99_RATIO:.0}x"),
                 p99 <= TARGET_P99_RATIO * direct_p99,
             ),
+            Row::new(
+                "visibility p50 / p99, Kafka alone (produce -> consumer)",
+                format!("{kafka_p50:.1} / {kafka_p99:.1} ms"),
+            ),
         ],
         notes: vec![format!(
             "visibility: {samples} single events {PAUSE:?} apart, each timed from the produce call \
-             to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?}, by a \
+             to both Redis (HGET) and Cassandra (SELECT) showing it, polled every {POLL:?} from the \
+             produce call on (every path polls from its write's start), by a \
              producer without linger; the direct write is ProfileStores::upsert of the same \
-             update from the harness, polled the same way"
+             update from the harness, polled the same way; Kafka alone is the same producer's \
+             events to a topic of their own, timed to a plain consumer receiving each (no \
+             group, no store): the part of the service's figure that only the broker and the \
+             clients take"
         )],
     })
 }
 
-/// Polls both stores until they show the device's event.
+/// Produces `record` and waits for its delivery report.
+async fn send(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, String, String>,
+) -> anyhow::Result<()> {
+    producer
+        .send(record, SEND_TIMEOUT)
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("cannot produce the event: {e}"))?;
+    Ok(())
+}
+
+/// Polls both stores until they show the device's event. Every path starts polling with its
+/// write, so that each figure is the write's own latency plus the same polling delay (a path
+/// that polled only after its write returned would skip that delay).
 async fn wait_visible(harness: &Harness, device_id: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + VISIBLE_TIMEOUT;
     while !harness
@@ -127,4 +151,37 @@ async fn wait_visible(harness: &Harness, device_id: &str) -> anyhow::Result<()> 
         tokio::time::sleep(POLL).await;
     }
     Ok(())
+}
+
+/// Milliseconds from the produce call to a plain consumer receiving each of `samples` events,
+/// sent like the service's, to a topic of their own: what Kafka alone adds to visibility.
+async fn kafka_alone(
+    kafka: &KafkaSettings,
+    producer: &FutureProducer,
+    topic: &str,
+    samples: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let consumer = listen_at_end(kafka, topic.to_string(), SEND_TIMEOUT)
+        .await
+        .context("cannot listen to the Kafka-alone topic")?;
+    let mut received = Vec::with_capacity(samples);
+    for sample in 0..=samples {
+        let key = format!("k{sample}");
+        let value = event(&key, "seen");
+        let started = Instant::now();
+        let record = FutureRecord::to(topic).key(&key).payload(&value);
+        let received_one = async {
+            tokio::time::timeout(VISIBLE_TIMEOUT, consumer.recv())
+                .await
+                .context("the Kafka-alone event did not arrive")?
+                .context("cannot consume the Kafka-alone event")?;
+            Ok(())
+        };
+        tokio::try_join!(send(producer, record), received_one)?;
+        if sample > 0 {
+            received.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    Ok(received)
 }
