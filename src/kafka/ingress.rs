@@ -59,11 +59,20 @@ pub struct Ingress {
     held: Mutex<VecDeque<OwnedMessage>>,
 }
 
+/// Records librdkafka prefetches per partition ahead of the service (`queued.min.messages`,
+/// unless `KAFKA_CONFIG` sets it). Its default, 100,000, keeps up to 64 MiB of a backlog's
+/// records in memory, with librdkafka's own overhead on each; a few batches ahead keep the
+/// push just as busy.
+const PREFETCHED_RECORDS_PER_PARTITION: &str = "10000";
+
 /// The settings of every consumer in a group: offsets stored by the service only, committed
 /// automatically; a group without committed offsets starts at the earliest record, so nothing
 /// produced before the first start is skipped.
 fn group_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     let mut config = client_config(settings);
+    if config.get("queued.min.messages").is_none() {
+        config.set("queued.min.messages", PREFETCHED_RECORDS_PER_PARTITION);
+    }
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")

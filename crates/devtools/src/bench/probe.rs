@@ -11,6 +11,10 @@ use hawkeye_customer_cache::config::StoreSettings;
 use hawkeye_customer_cache::observe::Metrics;
 use hawkeye_customer_cache::stores::{CassandraStore, ProfileStores, RedisStore};
 
+/// Longest wait for Cassandra's compactions before a timed phase.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Harness {
     pub redis: RedisStore,
     pub cassandra: CassandraStore,
@@ -20,6 +24,28 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Waits (up to [`SETTLE_TIMEOUT`]) until Cassandra runs no compaction, so that the CPU a
+    /// timed phase reads from its process is that phase's, not the debt of the one before it.
+    /// A server without `system_views.sstable_tasks` (ScyllaDB) is not waited for.
+    pub async fn settle_compactions(&self) {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            let tasks = self
+                .cassandra
+                .session()
+                .query_unpaged("SELECT kind FROM system_views.sstable_tasks", ())
+                .await
+                .ok()
+                .and_then(|result| result.into_rows_result().ok())
+                .map(|rows| rows.rows_num());
+            match tasks {
+                Some(running) if running > 0 => tokio::time::sleep(SETTLE_POLL).await,
+                _ => return,
+            }
+        }
+        eprintln!("bench: Cassandra still compacting after {SETTLE_TIMEOUT:?}; timing anyway");
+    }
+
     pub async fn connect(settings: &StoreSettings) -> anyhow::Result<Self> {
         let redis = RedisStore::connect(settings).await?;
         let cassandra = CassandraStore::connect(settings).await?;

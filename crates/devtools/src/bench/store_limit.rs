@@ -26,6 +26,10 @@ const SCRATCH_TABLE: &str = "store_limit";
 pub struct StoreLimit {
     pub cassandra: InsertRun,
     pub redis_events_per_s: f64,
+    /// Cassandra's CPU seconds per 100k events for the same `INSERT`s sent no faster than the
+    /// push went: what plain inserts cost it at the push's load rather than at its own best
+    /// (a server kept less busy spends more per request). `None` without its pid.
+    pub paced_cassandra_cpu_per_100k: Option<f64>,
 }
 
 impl StoreLimit {
@@ -49,6 +53,7 @@ pub struct InsertRun {
 /// partitions). The concurrencies are probed on the first `probe_events`; when the push has
 /// more, the best one then writes all of them, so that the limit is for the same rows as the
 /// push (1M events over 100k devices write every partition 10 times).
+/// `push_rate` is the push's own rate in the same repetition, in events per second.
 pub async fn measure(
     harness: &Harness,
     events: usize,
@@ -56,12 +61,21 @@ pub async fn measure(
     rows: impl Fn(&str, usize) -> anyhow::Result<Vec<Vec<ProfileUpdate>>>,
     prefix: &str,
     cassandra_pid: Option<u32>,
+    push_rate: f64,
 ) -> anyhow::Result<StoreLimit> {
     let probe_events = probe_events.min(events);
     let mut best: Option<InsertRun> = None;
     for in_flight in INSERTS_IN_FLIGHT {
         let chunks = rows(&format!("{prefix}-insert{in_flight}"), probe_events)?;
-        let run = insert_run(harness, probe_events, &chunks, in_flight, cassandra_pid).await?;
+        let run = insert_run(
+            harness,
+            probe_events,
+            &chunks,
+            in_flight,
+            cassandra_pid,
+            None,
+        )
+        .await?;
         eprintln!(
             "bench: store limit, {in_flight} INSERTs in flight: {:.0} ev/s",
             run.events_per_s
@@ -73,30 +87,57 @@ pub async fn measure(
     let mut cassandra = best.context("no INSERT run")?;
     if events > probe_events {
         let chunks = rows(&format!("{prefix}-insert-all"), events)?;
-        cassandra =
-            insert_run(harness, events, &chunks, cassandra.in_flight, cassandra_pid).await?;
+        cassandra = insert_run(
+            harness,
+            events,
+            &chunks,
+            cassandra.in_flight,
+            cassandra_pid,
+            None,
+        )
+        .await?;
         eprintln!(
             "bench: store limit, all {events} events as INSERTs, {} in flight: {:.0} ev/s",
             cassandra.in_flight, cassandra.events_per_s
         );
     }
+    let chunks = rows(&format!("{prefix}-paced"), probe_events)?;
+    let in_flight = cassandra.in_flight;
+    let paced = insert_run(
+        harness,
+        probe_events,
+        &chunks,
+        in_flight,
+        cassandra_pid,
+        Some(push_rate),
+    )
+    .await?;
+    eprintln!(
+        "bench: store limit, INSERTs paced at the push's {push_rate:.0} ev/s: {:.0} ev/s, \
+         Cassandra CPU {:?} s per 100k",
+        paced.events_per_s, paced.cassandra_cpu_per_100k
+    );
     let chunks = rows(&format!("{prefix}-hset"), probe_events)?;
     let redis_events_per_s = hset_rate(harness, probe_events, &chunks).await?;
     eprintln!("bench: store limit, pipelined HSETs: {redis_events_per_s:.0} ev/s");
     Ok(StoreLimit {
         cassandra,
         redis_events_per_s,
+        paced_cassandra_cpu_per_100k: paced.cassandra_cpu_per_100k,
     })
 }
 
-/// Every row as a plain `INSERT` of all columns (absent ones unset), `in_flight` at a time.
+/// Every row as a plain `INSERT` of all columns (absent ones unset), `in_flight` at a time;
+/// with `pace` (events per second), each chunk is released no earlier than that rate allows.
 async fn insert_run(
     harness: &Harness,
     events: usize,
     chunks: &[Vec<ProfileUpdate>],
     in_flight: usize,
     cassandra_pid: Option<u32>,
+    pace: Option<f64>,
 ) -> anyhow::Result<InsertRun> {
+    harness.settle_compactions().await;
     let session = harness.cassandra.session();
     let table = format!("{}.{SCRATCH_TABLE}", harness.cassandra.keyspace());
     let create = DEVICE_PROFILE_CQL.replace(
@@ -118,7 +159,19 @@ async fn insert_run(
         .context("cannot prepare the store-limit INSERT")?;
     let cpu_before = cassandra_pid.map(process_cpu_seconds).transpose()?;
     let started = Instant::now();
-    futures::stream::iter(chunks.iter().flatten())
+    // Events per chunk are the same for every chunk but the last, which only ends the run.
+    let chunk_period = pace.map(|rate| {
+        let chunk_events = events as f64 / chunks.len().max(1) as f64;
+        std::time::Duration::from_secs_f64(chunk_events / rate.max(1.0))
+    });
+    futures::stream::iter(chunks.iter().enumerate())
+        .then(|(index, chunk)| async move {
+            if let Some(period) = chunk_period {
+                tokio::time::sleep_until(started + period * index as u32).await;
+            }
+            futures::stream::iter(chunk)
+        })
+        .flatten()
         .map(|update| session.execute_unpaged(&insert, insert_row(update)))
         .buffer_unordered(in_flight)
         .try_for_each(|_| async { Ok(()) })
