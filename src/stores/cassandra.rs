@@ -512,7 +512,19 @@ mod tests {
         cells.iter().find(|cell| cell.column == column).unwrap()
     }
 
-    /// The cells the statements write, each with the timestamp it gets.
+    /// The cells written by statements of their own (the value-timestamped columns).
+    fn own_timestamp_cells<'a>(writes: &[ProfileWrite<'a>]) -> Vec<Cell<'a>> {
+        writes
+            .iter()
+            .filter_map(|write| match write {
+                ProfileWrite::Column(cell) => Some(cell.clone()),
+                ProfileWrite::Versioned { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The cells the statements write, each with the timestamp it gets (the versioned ones
+    /// have no slot: `usize::MAX`).
     fn written_cells(writes: Vec<ProfileWrite<'_>>) -> Vec<Cell<'_>> {
         writes
             .into_iter()
@@ -672,9 +684,8 @@ mod tests {
             first_access: Some(3),
             ..ProfileUpdate::default()
         };
-        let slots: Vec<(&str, usize)> = written_cells(profile_writes(&update))
+        let slots: Vec<(&str, usize)> = own_timestamp_cells(&profile_writes(&update))
             .iter()
-            .filter(|cell| cell.slot != usize::MAX)
             .map(|cell| (cell.column, cell.slot))
             .collect();
         assert_eq!(slots, [("first_access", 0), ("user_declared_on", 1)]);
@@ -690,9 +701,8 @@ mod tests {
             ..ProfileUpdate::default()
         };
         let columns = |writes: &[ProfileWrite<'_>]| -> Vec<&str> {
-            written_cells(writes.to_vec())
+            own_timestamp_cells(writes)
                 .iter()
-                .filter(|cell| cell.slot != usize::MAX)
                 .map(|cell| cell.column)
                 .collect()
         };
