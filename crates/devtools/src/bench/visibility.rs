@@ -55,37 +55,34 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         .create()
         .context("cannot create the event producer")?;
     let samples = bench.sizes.visibility_samples;
-    let mut through_service = Vec::with_capacity(samples);
-    // Sample 0 warms the connections up and is not counted.
-    for sample in 0..=samples {
+    let through_service = timed_samples(samples, |sample| {
+        let (harness, producer) = (&harness, &producer);
         let device_id = format!("{name}-v{sample}");
-        let value = event(&device_id, "seen");
-        let started = Instant::now();
-        let record = FutureRecord::to(topic).key(&device_id).payload(&value);
-        tokio::try_join!(send(&producer, record), wait_visible(&harness, &device_id))?;
-        if sample > 0 {
-            through_service.push(started.elapsed().as_secs_f64() * 1000.0);
+        async move {
+            let value = event(&device_id, "seen");
+            let record = FutureRecord::to(topic).key(&device_id).payload(&value);
+            tokio::try_join!(send(producer, record), wait_visible(harness, &device_id))?;
+            Ok(())
         }
-        tokio::time::sleep(PAUSE).await;
-    }
+    })
+    .await?;
     service.stop().await?;
     let through_kafka = kafka_alone(&kafka, &producer, &format!("{name}-kafka"), samples).await?;
-    let mut direct = Vec::with_capacity(samples);
-    for sample in 0..=samples {
+    let direct = timed_samples(samples, |sample| {
+        let harness = &harness;
         let device_id = format!("{name}-w{sample}");
-        let update = parse_event(event(&device_id, "seen").as_bytes(), 0)
-            .map_err(|rejection| anyhow::anyhow!("event rejected: {rejection}"))?
-            .update;
-        let started = Instant::now();
-        tokio::try_join!(
-            async { Ok(harness.stores.upsert(&[update]).await?) },
-            wait_visible(&harness, &device_id)
-        )?;
-        if sample > 0 {
-            direct.push(started.elapsed().as_secs_f64() * 1000.0);
+        async move {
+            let update = parse_event(event(&device_id, "seen").as_bytes(), 0)
+                .map_err(|rejection| anyhow::anyhow!("event rejected: {rejection}"))?
+                .update;
+            tokio::try_join!(
+                async { Ok(harness.stores.upsert(&[update]).await?) },
+                wait_visible(harness, &device_id)
+            )?;
+            Ok(())
         }
-        tokio::time::sleep(PAUSE).await;
-    }
+    })
+    .await?;
     let [p50, p99] = [50.0, 99.0].map(|p| percentile(&through_service, p));
     let [direct_p50, direct_p99] = [50.0, 99.0].map(|p| percentile(&direct, p));
     let [kafka_p50, kafka_p99] = [50.0, 99.0].map(|p| percentile(&through_kafka, p));
@@ -164,24 +161,41 @@ async fn kafka_alone(
     let consumer = listen_at_end(kafka, topic.to_string(), SEND_TIMEOUT)
         .await
         .context("cannot listen to the Kafka-alone topic")?;
-    let mut received = Vec::with_capacity(samples);
-    for sample in 0..=samples {
-        let key = format!("k{sample}");
-        let value = event(&key, "seen");
-        let started = Instant::now();
-        let record = FutureRecord::to(topic).key(&key).payload(&value);
-        let received_one = async {
-            tokio::time::timeout(VISIBLE_TIMEOUT, consumer.recv())
-                .await
-                .context("the Kafka-alone event did not arrive")?
-                .context("cannot consume the Kafka-alone event")?;
+    timed_samples(samples, |sample| {
+        let consumer = &consumer;
+        async move {
+            let key = format!("k{sample}");
+            let value = event(&key, "seen");
+            let record = FutureRecord::to(topic).key(&key).payload(&value);
+            let received_one = async {
+                tokio::time::timeout(VISIBLE_TIMEOUT, consumer.recv())
+                    .await
+                    .context("the Kafka-alone event did not arrive")?
+                    .context("cannot consume the Kafka-alone event")?;
+                Ok(())
+            };
+            tokio::try_join!(send(producer, record), received_one)?;
             Ok(())
-        };
-        tokio::try_join!(send(producer, record), received_one)?;
-        if sample > 0 {
-            received.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    })
+    .await
+}
+
+/// Milliseconds each of `samples` runs of `sample` takes, one at a time, [`PAUSE`] apart. An
+/// extra sample 0 runs first to warm the connections up and is not counted.
+async fn timed_samples<F, Fut>(samples: usize, mut sample: F) -> anyhow::Result<Vec<f64>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut timed = Vec::with_capacity(samples);
+    for index in 0..=samples {
+        let started = Instant::now();
+        sample(index).await?;
+        if index > 0 {
+            timed.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(PAUSE).await;
     }
-    Ok(received)
+    Ok(timed)
 }
