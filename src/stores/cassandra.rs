@@ -12,16 +12,21 @@ use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::cluster::metadata::ColumnType;
+use scylla::cluster::ClusterState;
 use scylla::errors::ExecutionError;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::routing::Shard;
 use scylla::serialize::value::SerializeValue;
 use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use scylla::serialize::SerializationError;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, MaybeUnset};
+use uuid::Uuid;
 
 use super::acknowledged::{AcknowledgedCells, Cells};
+use super::batches::replica_batches;
+use super::error::execution_is_transient;
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
@@ -153,6 +158,7 @@ impl CassandraStore {
 #[derive(Clone)]
 pub struct ProfileWriter {
     session: Arc<Session>,
+    keyspace: String,
     statements: Arc<ProfileStatements>,
     writes_in_flight: usize,
     /// Lets a write leave out the value-timestamped cells Cassandra already holds, which
@@ -206,7 +212,7 @@ type StatementRow<'a> = Vec<MaybeUnset<ColumnValue<'a>>>;
 
 impl ProfileWriter {
     pub async fn prepare(store: &CassandraStore) -> Result<Self, StoreError> {
-        let table = format!("{}.device_profile", store.keyspace);
+        let table = format!("{}.{TABLE}", store.keyspace);
         let assignments: Vec<String> = versioned_fields()
             .map(|spec| format!("{} = ?", spec.column))
             .collect();
@@ -229,6 +235,7 @@ impl ProfileWriter {
         }
         Ok(ProfileWriter {
             session: store.session.clone(),
+            keyspace: store.keyspace.clone(),
             writes_in_flight: store.writes_in_flight,
             statements: Arc::new(ProfileStatements {
                 versioned,
@@ -238,36 +245,45 @@ impl ProfileWriter {
         })
     }
 
-    /// Writes every update: one write per device, at most `CASSANDRA_WRITE_CONCURRENCY` at a
-    /// time.
+    /// Writes every update: each device's statements, grouped with other devices of the same
+    /// replicas into unlogged batches ([`replica_batches`]), at most
+    /// `CASSANDRA_WRITE_CONCURRENCY` batches at a time.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Refusals, StoreError> {
+        let began = Instant::now();
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
             by_device.entry(&update.device_id).or_default().push(update);
         }
+        let mut devices = Vec::with_capacity(by_device.len());
+        for (device_id, updates) in by_device {
+            devices.push(self.device_write(device_id, updates, began)?);
+        }
+        let cluster = self.session.get_cluster_state();
+        let batches = replica_batches(
+            devices,
+            |device| self.replicas(&cluster, device.device_id),
+            |device| device.bytes,
+        );
         // Built up front rather than in a stream closure, which keeps the future `Send` for
         // every caller's lifetimes.
-        let writes: Vec<_> = by_device
+        let writes: Vec<_> = batches
             .into_iter()
-            .map(|(device_id, updates)| async move {
-                (device_id, self.upsert_device(device_id, updates).await)
-            })
+            .map(|batch| self.write_batch(batch, began))
             .collect();
-        let written: Vec<(&str, Result<(), StoreError>)> = futures::stream::iter(writes)
+        let written: Vec<Vec<(&str, Result<(), StoreError>)>> = futures::stream::iter(writes)
             .buffer_unordered(self.writes_in_flight)
             .collect()
             .await;
-        refusals(written)
+        refusals(written.into_iter().flatten())
     }
 
-    /// Every statement of one device's updates, less the cells Cassandra already holds, as
-    /// one single-partition mutation.
-    async fn upsert_device(
-        &self,
-        device_id: &str,
-        updates: Vec<&ProfileUpdate>,
-    ) -> Result<(), StoreError> {
-        let began = Instant::now();
+    /// Every statement of one device's updates, less the cells Cassandra already holds.
+    fn device_write<'a>(
+        &'a self,
+        device_id: &'a str,
+        updates: Vec<&'a ProfileUpdate>,
+        began: Instant,
+    ) -> Result<DeviceWrite<'a>, StoreError> {
         let held = self.acknowledged.held(device_id, began);
         let (writes, written) = unheld_writes(updates, &held);
         let mut statements = Vec::with_capacity(writes.len());
@@ -291,23 +307,84 @@ impl ProfileWriter {
                 ),
             });
         }
-        self.execute(statements)
-            .await
-            .map_err(|e| StoreError::cassandra("cannot write device_profile", e))?;
-        self.acknowledged.acknowledged(device_id, &written, began);
-        Ok(())
+        let bytes = statements.iter().map(|(_, row)| row_bytes(row)).sum();
+        Ok(DeviceWrite {
+            device_id,
+            statements,
+            written,
+            bytes,
+        })
     }
 
-    /// One statement alone, several as an unlogged batch (all of one partition here).
-    async fn execute(
+    /// The nodes (and shards) that own the device's partition, as the driver's token-aware
+    /// routing sees them; none while the table's metadata is unknown.
+    fn replicas(&self, cluster: &ClusterState, device_id: &str) -> Vec<(Uuid, Shard)> {
+        let Ok(token) = cluster.compute_token(&self.keyspace, TABLE, &(device_id,)) else {
+            return Vec::new();
+        };
+        let mut replicas: Vec<(Uuid, Shard)> = cluster
+            .get_token_endpoints(&self.keyspace, TABLE, token)
+            .into_iter()
+            .map(|(node, shard)| (node.host_id, shard))
+            .collect();
+        replicas.sort_unstable();
+        replicas
+    }
+
+    /// One batch in one request. A batch refused for good is written again device by device,
+    /// so that only the devices refused alone are refused.
+    async fn write_batch<'a>(
         &self,
-        mut statements: Vec<(&PreparedStatement, StatementRow<'_>)>,
+        batch: Vec<DeviceWrite<'a>>,
+        began: Instant,
+    ) -> Vec<(&'a str, Result<(), StoreError>)> {
+        let statements = batch.iter().flat_map(|device| &device.statements);
+        let outcome = match self.execute(statements).await {
+            Err(error) if batch.len() > 1 && !execution_is_transient(&error) => {
+                let alone = batch.iter().map(|device| self.execute(&device.statements));
+                let outcomes = futures::future::join_all(alone).await;
+                return batch
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(device, outcome)| self.settle(device, outcome, began))
+                    .collect();
+            }
+            outcome => outcome,
+        };
+        batch
+            .iter()
+            .map(|device| self.settle(device, outcome.clone(), began))
+            .collect()
+    }
+
+    /// Remembers the cells of a device Cassandra acknowledged.
+    fn settle<'a>(
+        &self,
+        device: &DeviceWrite<'a>,
+        outcome: Result<(), ExecutionError>,
+        began: Instant,
+    ) -> (&'a str, Result<(), StoreError>) {
+        let outcome = outcome.map(|()| {
+            self.acknowledged
+                .acknowledged(device.device_id, &device.written, began)
+        });
+        (
+            device.device_id,
+            outcome.map_err(|e| StoreError::cassandra("cannot write device_profile", e)),
+        )
+    }
+
+    /// One statement alone, several as an unlogged batch.
+    async fn execute<'s, 'a: 's>(
+        &self,
+        statements: impl IntoIterator<Item = &'s (&'a PreparedStatement, StatementRow<'a>)>,
     ) -> Result<(), ExecutionError> {
+        let mut statements: Vec<_> = statements.into_iter().collect();
         if statements.len() > 1 {
             let mut batch = Batch::new(BatchType::Unlogged);
             let mut values = Vec::with_capacity(statements.len());
             for (statement, row) in statements {
-                batch.append_statement(statement.clone());
+                batch.append_statement((*statement).clone());
                 values.push(row);
             }
             self.session.batch(&batch, values).await?;
@@ -316,6 +393,30 @@ impl ProfileWriter {
         }
         Ok(())
     }
+}
+
+/// The table the writer writes.
+const TABLE: &str = "device_profile";
+
+/// One device's statements, and what they need once Cassandra acknowledged them.
+struct DeviceWrite<'a> {
+    device_id: &'a str,
+    statements: Vec<(&'a PreparedStatement, StatementRow<'a>)>,
+    /// The newest value-timestamped cell written per slot, remembered once acknowledged.
+    written: Cells<OWN_TIMESTAMP_COLUMNS>,
+    /// [`row_bytes`] of its statements.
+    bytes: usize,
+}
+
+/// Bytes of a statement's bound values as Cassandra's batch size thresholds count them (a
+/// little over: the timestamp and the key are counted as cells too).
+fn row_bytes(row: &StatementRow<'_>) -> usize {
+    row.iter()
+        .map(|value| match value {
+            MaybeUnset::Set(value) => value.cell_bytes(),
+            MaybeUnset::Unset => 0,
+        })
+        .sum()
 }
 
 fn statement_row<'a>(
@@ -475,6 +576,23 @@ impl<'a> From<FieldValue<'a>> for ColumnValue<'a> {
             FieldValue::LastContact(contact) => {
                 ColumnValue::Timestamp(CqlTimestamp(contact.at.timestamp_millis()))
             }
+        }
+    }
+}
+
+impl ColumnValue<'_> {
+    /// Bytes of the cells this value becomes, as Cassandra counts a batch's size: the value
+    /// and 16 bytes of cell metadata (timestamp, TTL, deletion time) per cell, one cell per
+    /// map entry.
+    fn cell_bytes(&self) -> usize {
+        const CELL_METADATA: usize = 16;
+        match self {
+            ColumnValue::Text(text) => text.len() + CELL_METADATA,
+            ColumnValue::BigInt(_) | ColumnValue::Timestamp(_) => 8 + CELL_METADATA,
+            ColumnValue::TextMap(map) => map
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + CELL_METADATA)
+                .sum(),
         }
     }
 }

@@ -147,7 +147,7 @@ impl CassandraCause {
     }
 }
 
-fn execution_is_transient(error: &ExecutionError) -> bool {
+pub(super) fn execution_is_transient(error: &ExecutionError) -> bool {
     match error {
         // No node to send the request to, or no connection to it: an outage.
         ExecutionError::EmptyPlan

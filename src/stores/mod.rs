@@ -1,6 +1,7 @@
 //! Adapters of the two stores the service writes: Redis and Cassandra/ScyllaDB.
 
 mod acknowledged;
+mod batches;
 pub mod cassandra;
 mod error;
 pub mod profiles;

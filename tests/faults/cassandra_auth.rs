@@ -9,8 +9,11 @@
 //! that events carrying the smallest-wins fields (`first_access`, a declared state) land with
 //! their rules intact and every cell timestamp of the row within the bound. The last check is
 //! the one that matters: Cassandra 5.0 applies the guardrail to single statements only
-//! (`ModificationStatement.validateTimestamp`; batches skip it), and the service writes each
-//! device in one unlogged batch, so the guardrail alone would let far-future cells through.
+//! (`ModificationStatement.validateTimestamp`; batches skip it), and the service writes
+//! devices in unlogged batches, so the guardrail alone would let far-future cells through.
+//!
+//! The role is also what the stack's `items_per_collection_fail_threshold: 64` applies to:
+//! a device whose map is past it is refused for good, and the others of its batch must not be.
 
 use std::time::Duration;
 
@@ -19,10 +22,15 @@ use serde_json::json;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer};
+use crate::common::profiles::{cassandra_row, eventually, header, produce_json, producer};
 use crate::common::service::isolated_env;
-use crate::harness::{refused_start_up, start_and_push_one};
+use crate::common::{unique, ServiceProcess};
+use crate::harness::{dead_letters_of, refused_start_up, start_and_push_one};
 use crate::own_cassandra::OwnCassandra;
+use hawkeye_customer_cache::config::{Secret, StoreSettings};
+use hawkeye_customer_cache::profile::{ProfileUpdate, TextField};
+use hawkeye_customer_cache::stores::cassandra::ProfileWriter;
+use hawkeye_customer_cache::stores::CassandraStore;
 
 const ROLE: &str = "hcc_service";
 const PASSWORD: &str = "Cql-Pa55-For-Auth-Test";
@@ -73,11 +81,112 @@ async fn profiles_land_in_a_password_protected_cassandra_and_a_wrong_password_st
     .await;
     smallest_wins_fields_land_under_the_guardrail(&reader, &env, &device).await;
     assert!(service.terminate().await.success());
+    a_refused_device_leaves_the_others_of_its_batch_written(&reader, &env).await;
+    the_writer_reports_only_the_refused_device_of_a_batch(&reader, &env).await;
 
     let wrong = "Wrong-Cql-Pa55-Never-Shown";
     env.insert("CASSANDRA_PASSWORD".into(), wrong.into());
     let line = refused_start_up(&env, "CASSANDRA_USERNAME", &[wrong, PASSWORD]).await;
     assert!(line.contains("incorrect"), "the line says why: {line}");
+}
+
+/// Events of several devices pushed while the service is stopped, so that they share a batch
+/// (the service groups devices into multi-partition batches): one carries a `uaspec` map past
+/// the stack's `items_per_collection_fail_threshold`, which Cassandra refuses for good. The
+/// others land, and only that one is dead-lettered, with Cassandra's reason.
+async fn a_refused_device_leaves_the_others_of_its_batch_written(
+    role: &Session,
+    env: &std::collections::HashMap<String, String>,
+) {
+    let producer = producer();
+    let good: Vec<String> = (0..5).map(|_| unique("batched")).collect();
+    for device in &good {
+        produce_json(
+            &producer,
+            env,
+            &json!({"device_id": device, "city": "Batched"}),
+        )
+        .await;
+    }
+    let refused = unique("too-many-items");
+    let items: serde_json::Map<String, serde_json::Value> = (0..65)
+        .map(|item| (format!("k{item}"), json!("v")))
+        .collect();
+    let event = json!({"device_id": refused, "city": "Refused", "uaspec": items});
+    produce_json(&producer, env, &event).await;
+
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(Duration::from_secs(120)).await;
+    for device in &good {
+        eventually(
+            Duration::from_secs(60),
+            "a good device of the batch",
+            || async {
+                cassandra_row(role, env, device)
+                    .await
+                    .filter(|row| row["city"] == "Batched")
+            },
+        )
+        .await;
+    }
+    let bad = std::collections::HashMap::from([(refused.clone(), ())]);
+    let letters = dead_letters_of(env, &bad).await;
+    let reason = header(&letters[0].2, "error.reason").expect("error.reason");
+    assert!(
+        reason.starts_with("cassandra: ") && reason.contains("items_per_collection"),
+        "the refused device's dead letter says why: {reason:?}"
+    );
+    assert!(
+        cassandra_row(role, env, &refused).await.is_none(),
+        "the refused device has no row"
+    );
+    assert!(service.terminate().await.success());
+}
+
+/// The Cassandra writer itself, given one upsert of devices that share a batch, one of them
+/// past the guardrail: it names only that device as refused (the refresh relies on this, as
+/// the profile push does), and writes the others.
+async fn the_writer_reports_only_the_refused_device_of_a_batch(
+    role: &Session,
+    env: &std::collections::HashMap<String, String>,
+) {
+    let mut settings = StoreSettings::new(
+        env["REDIS_URL"].clone(),
+        vec![env["CASSANDRA_NODES"].clone()],
+    );
+    settings.cassandra_keyspace = env["CASSANDRA_KEYSPACE"].clone();
+    settings.cassandra_credentials = Some((ROLE.into(), Secret::new(PASSWORD)));
+    let store = CassandraStore::connect(&settings)
+        .await
+        .expect("connect as the role");
+    let writer = ProfileWriter::prepare(&store).await.expect("prepare");
+    let update = |device_id: &str, items: usize| ProfileUpdate {
+        device_id: device_id.to_string(),
+        version: 1_700_000_000_000,
+        text: [(TextField::City, "Written".to_string())].into(),
+        uaspec: Some(
+            (0..items)
+                .map(|item| (format!("k{item}"), "v".into()))
+                .collect(),
+        ),
+        ..ProfileUpdate::default()
+    };
+    let good: Vec<String> = (0..5).map(|_| unique("writer")).collect();
+    let refused = unique("writer-refused");
+    let mut updates: Vec<ProfileUpdate> = good.iter().map(|device| update(device, 1)).collect();
+    updates.insert(2, update(&refused, 65));
+    let refusals = writer.upsert(&updates).await.expect("no transient failure");
+    assert_eq!(
+        refusals.keys().collect::<Vec<_>>(),
+        [&refused],
+        "only the device past the guardrail is refused: {refusals:?}"
+    );
+    for device in &good {
+        let row = cassandra_row(role, env, device)
+            .await
+            .expect("a good device's row");
+        assert_eq!(row["city"], "Written");
+    }
 }
 
 /// A write `USING TIMESTAMP` ten days ahead, as the role, must be refused: otherwise the
