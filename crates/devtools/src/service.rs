@@ -284,16 +284,51 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
 /// The pid of the stack's Cassandra: `chosen`, else the one `java` process whose main class is
 /// `CassandraDaemon`; `None` when there is none or more than one (another stack).
 pub fn cassandra_pid(chosen: Option<u32>) -> Option<u32> {
-    if chosen.is_some() {
-        return chosen;
-    }
+    chosen.or_else(|| only_process(|cmdline| runs_java_class(cmdline, b".CassandraDaemon")))
+}
+
+/// The pid of the stack's Kafka: the one `java` process whose main class is `kafka.Kafka`.
+pub fn kafka_pid() -> Option<u32> {
+    only_process(|cmdline| runs_java_class(cmdline, b"kafka.Kafka"))
+}
+
+/// The pid of the one `redis-server` listening on `port` (its title names the address).
+pub fn redis_pid(port: u16) -> Option<u32> {
+    only_process(|cmdline| runs_redis_on(cmdline, port))
+}
+
+/// The pid of the only process whose `/proc/<pid>/cmdline` `matches`; `None` when there is
+/// none or more than one.
+fn only_process(matches: impl Fn(&[u8]) -> bool) -> Option<u32> {
     let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        runs_cassandra(&cmdline).then_some(pid)
+        matches(&cmdline).then_some(pid)
     });
     let pid = found.next()?;
     found.next().is_none().then_some(pid)
+}
+
+/// CPU seconds the whole machine has been busy so far, summed over its cores (`/proc/stat`).
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_busy_seconds(&stat).context("no cpu line in /proc/stat")
+}
+
+/// The first (`cpu`, all cores) line's user, nice, system, irq, softirq and steal times, in
+/// seconds: everything but idle and iowait (guest time is already counted in user).
+fn parse_busy_seconds(stat: &str) -> Option<f64> {
+    let mut fields = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace();
+    let mut ticks = [0u64; 8];
+    for tick in &mut ticks {
+        *tick = fields.next()?.parse().ok()?;
+    }
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks;
+    Some((user + nice + system + irq + softirq + steal) as f64 / CLOCK_TICKS_PER_S)
 }
 
 /// The highest JIT tier the JVM `pid` may use when its arguments limit it
@@ -311,14 +346,31 @@ fn tier_limit(cmdline: &[u8]) -> Option<u32> {
     std::str::from_utf8(limit).ok()?.parse().ok()
 }
 
-/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a JVM running Cassandra, not
-/// merely a command naming it (a `pgrep -f CassandraDaemon`).
-fn runs_cassandra(cmdline: &[u8]) -> bool {
+/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a JVM whose main class ends
+/// with `class`, not merely a command naming it (a `pgrep -f CassandraDaemon`).
+fn runs_java_class(cmdline: &[u8], class: &[u8]) -> bool {
     let mut args = cmdline.split(|&byte| byte == 0);
     let is_java = args
         .next()
         .is_some_and(|program| program.ends_with(b"java"));
-    is_java && args.any(|arg| arg.ends_with(b".CassandraDaemon"))
+    is_java && args.any(|arg| arg.ends_with(class))
+}
+
+/// Whether a cmdline is a `redis-server` on `port`: the server sets its title to
+/// `redis-server host:port` (`*:port` when it listens on every address).
+fn runs_redis_on(cmdline: &[u8], port: u16) -> bool {
+    let title = cmdline.split(|&byte| byte == 0).next().unwrap_or_default();
+    let Ok(title) = std::str::from_utf8(title) else {
+        return false;
+    };
+    let mut words = title.split_whitespace();
+    words
+        .next()
+        .is_some_and(|program| program.ends_with("redis-server"))
+        && words
+            .next()
+            .and_then(|address| address.rsplit_once(':'))
+            .is_some_and(|(_, listening)| listening == port.to_string())
 }
 
 /// VmRSS and VmHWM (kB in the file) of a `/proc/<pid>/status` text, in MiB.
@@ -381,9 +433,33 @@ mod tests {
     #[test]
     fn cassandra_is_a_jvm_whose_main_class_is_the_daemon() {
         let jvm = b"/usr/bin/java\0-Xmx1G\0org.apache.cassandra.service.CassandraDaemon\0";
-        assert!(runs_cassandra(jvm));
-        assert!(!runs_cassandra(b"pgrep\0-f\0CassandraDaemon\0"));
-        assert!(!runs_cassandra(b"/usr/bin/java\0-jar\0kafka.jar\0"));
+        assert!(runs_java_class(jvm, b".CassandraDaemon"));
+        assert!(!runs_java_class(jvm, b"kafka.Kafka"));
+        assert!(!runs_java_class(
+            b"pgrep\0-f\0CassandraDaemon\0",
+            b".CassandraDaemon"
+        ));
+        assert!(!runs_java_class(
+            b"/usr/bin/java\0-jar\0kafka.jar\0",
+            b".CassandraDaemon"
+        ));
+    }
+
+    #[test]
+    fn redis_is_the_server_whose_title_names_the_port() {
+        assert!(runs_redis_on(b"redis-server 127.0.0.1:16379\0\0", 16379));
+        assert!(runs_redis_on(b"/usr/bin/redis-server *:6379\0", 6379));
+        assert!(!runs_redis_on(b"redis-server 127.0.0.1:16379\0", 6379));
+        assert!(!runs_redis_on(b"redis-server 127.0.0.1:163790\0", 16379));
+        assert!(!runs_redis_on(b"redis-cli\0-p\016379\0", 16379));
+    }
+
+    #[test]
+    fn the_machine_is_busy_for_all_but_idle_and_iowait() {
+        let stat = "cpu  100 20 30 4000 50 6 7 8 9 0\ncpu0 50 10 15 2000 25 3 3 4 0 0\n";
+        let busy = parse_busy_seconds(stat).unwrap();
+        assert!((busy - 1.71).abs() < 1e-9, "{busy}");
+        assert_eq!(parse_busy_seconds("intr 1 2 3\n"), None);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use super::store_limit::{self, per_100k, StoreLimit, INSERTS_IN_FLIGHT};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{
-    cassandra_pid, isolated_env, isolated_kafka, jit_tier_limit, process_cpu_seconds, Memory,
-    ServiceChild,
+    cassandra_pid, isolated_env, isolated_kafka, jit_tier_limit, kafka_pid, machine_busy_seconds,
+    process_cpu_seconds, redis_pid, Memory, ServiceChild,
 };
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{ensure_topics, producer};
@@ -94,11 +94,16 @@ fn update_of(prefix: &str, index: usize, devices: usize) -> anyhow::Result<Profi
 pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let sizes = &bench.sizes;
     let cassandra_pid = cassandra_pid(bench.cassandra_pid);
+    let pids = StackPids {
+        cassandra: cassandra_pid,
+        redis: redis_port(&bench.stack.redis_url).and_then(redis_pid),
+        kafka: kafka_pid(),
+    };
     let mut runs = Vec::new();
     let mut per_event_rates = Vec::new();
     let mut limits = Vec::new();
     for rep in 0..sizes.repetitions {
-        let run = service_run(bench, rep, cassandra_pid).await?;
+        let run = service_run(bench, rep, &pids).await?;
         eprintln!("bench: push {rep}: service {:.0} ev/s", run.events_per_s);
         let push_rate = run.events_per_s;
         runs.push(run);
@@ -136,6 +141,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         ),
     ];
     rows.extend(cpu_rows(&runs, &limits).into_iter().flatten());
+    rows.push(machine_row(&runs));
     Ok(Report {
         rows,
         notes: vec![
@@ -174,8 +180,14 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             ),
             format!(
                 "CPU: utime + stime from /proc/<pid>/stat over the timed part of each run, per \
-                 100k events; Cassandra is the JVM whose main class is CassandraDaemon ({})",
-                cassandra_pid.map_or("not found: give --cassandra-pid".to_string(), |pid| format!("pid {pid}"))
+                 100k events; Cassandra is the JVM whose main class is CassandraDaemon ({}), \
+                 Redis the redis-server on REDIS_URL's port ({}), Kafka the JVM of kafka.Kafka \
+                 ({}); the whole machine is /proc/stat's busy time (all but idle and iowait) \
+                 over all {} cores",
+                cassandra_pid.map_or("not found: give --cassandra-pid".to_string(), |pid| format!("pid {pid}")),
+                found(pids.redis),
+                found(pids.kafka),
+                cores(),
             ),
         ]
         .into_iter()
@@ -232,6 +244,57 @@ fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit]) -> Option<[Row; 2]> {
     ])
 }
 
+/// The rest of the push's CPU (Redis, Kafka) and the whole machine's, beside what all its
+/// cores could give over the push's time: a ratio near 1 says the push is bound by the
+/// machine, whatever its parts cost.
+fn machine_row(runs: &[ServiceRun]) -> Row {
+    let of = |cpu: fn(&ServiceRun) -> Option<f64>| {
+        let values: Option<Vec<f64>> = runs.iter().map(cpu).collect();
+        values.map_or("n/a".to_string(), |values| {
+            format!("{:.1} s", median(&values))
+        })
+    };
+    let machine = median(
+        &runs
+            .iter()
+            .map(|run| run.machine_cpu_per_100k)
+            .collect::<Vec<_>>(),
+    );
+    let capacity = median(
+        &runs
+            .iter()
+            .map(|run| per_100k(cores() as f64, run.events_per_s.round() as usize))
+            .collect::<Vec<_>>(),
+    );
+    Row::new(
+        "CPU per 100k events during the push: Redis / Kafka / whole machine",
+        format!(
+            "{} / {} / {machine:.1} s",
+            of(|run| run.redis_cpu_per_100k),
+            of(|run| run.kafka_cpu_per_100k)
+        ),
+    )
+    .baseline(
+        format!("all {} cores for the push's time {capacity:.1} s", cores()),
+        machine / capacity,
+    )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn found(pid: Option<u32>) -> String {
+    pid.map_or("not found".to_string(), |pid| format!("pid {pid}"))
+}
+
+/// The port of a `redis://host:port/db` URL (the first, when several are given).
+fn redis_port(url: &str) -> Option<u16> {
+    let first = url.split(',').next()?;
+    let authority = first.split("://").nth(1)?.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
 async fn store_limit_of(
     bench: &Bench,
     rep: usize,
@@ -282,25 +345,43 @@ struct ServiceRun {
     /// CPU seconds per 100k events over the timed part of the run.
     service_cpu_per_100k: f64,
     cassandra_cpu_per_100k: Option<f64>,
+    redis_cpu_per_100k: Option<f64>,
+    kafka_cpu_per_100k: Option<f64>,
+    /// Every process of the machine, summed over its cores.
+    machine_cpu_per_100k: f64,
 }
 
-/// CPU seconds used so far by the service and by Cassandra.
-fn cpu_now(
-    service: &ServiceChild,
-    cassandra_pid: Option<u32>,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    Ok((
-        service.cpu_seconds()?,
-        cassandra_pid.map(process_cpu_seconds).transpose()?,
-    ))
+/// The stack's servers, whose CPU the push also costs; `None` when not found.
+struct StackPids {
+    cassandra: Option<u32>,
+    redis: Option<u32>,
+    kafka: Option<u32>,
+}
+
+/// CPU seconds used so far.
+struct CpuSnapshot {
+    service: f64,
+    cassandra: Option<f64>,
+    redis: Option<f64>,
+    kafka: Option<f64>,
+    machine: f64,
+}
+
+impl CpuSnapshot {
+    fn now(service: &ServiceChild, pids: &StackPids) -> anyhow::Result<Self> {
+        let of = |pid: Option<u32>| pid.map(process_cpu_seconds).transpose();
+        Ok(CpuSnapshot {
+            service: service.cpu_seconds()?,
+            cassandra: of(pids.cassandra)?,
+            redis: of(pids.redis)?,
+            kafka: of(pids.kafka)?,
+            machine: machine_busy_seconds()?,
+        })
+    }
 }
 
 /// Pre-produces the events, starts a fresh service and times it through them.
-async fn service_run(
-    bench: &Bench,
-    rep: usize,
-    cassandra_pid: Option<u32>,
-) -> anyhow::Result<ServiceRun> {
+async fn service_run(bench: &Bench, rep: usize, pids: &StackPids) -> anyhow::Result<ServiceRun> {
     let sizes = &bench.sizes;
     let name = bench.name(&format!("push{rep}"));
     let env = isolated_env(&bench.stack, &name);
@@ -311,9 +392,9 @@ async fn service_run(
     let service = ServiceChild::start(&bench.binary, &env).await?;
     let services = std::slice::from_ref(&service);
     let (started, first) = wait_for_acknowledged(services, 1).await?;
-    let cpu_started = cpu_now(&service, cassandra_pid)?;
+    let cpu_started = CpuSnapshot::now(&service, pids)?;
     let (finished, last) = wait_for_acknowledged(services, sizes.push_events).await?;
-    let cpu_finished = cpu_now(&service, cassandra_pid)?;
+    let cpu_finished = CpuSnapshot::now(&service, pids)?;
     let timed_events = last.saturating_sub(first).max(1);
     let seconds = (finished - started).as_secs_f64().max(1e-3);
     let events_per_s = if last > first {
@@ -325,14 +406,19 @@ async fn service_run(
     check_last_events(&harness, &name, sizes.push_events, sizes.push_devices).await?;
     let memory = service.memory()?;
     service.stop().await?;
+    let used = |before: Option<f64>, after: Option<f64>| {
+        before
+            .zip(after)
+            .map(|(before, after)| per_100k(after - before, timed_events))
+    };
     Ok(ServiceRun {
         events_per_s,
         memory,
-        service_cpu_per_100k: per_100k(cpu_finished.0 - cpu_started.0, timed_events),
-        cassandra_cpu_per_100k: cpu_started
-            .1
-            .zip(cpu_finished.1)
-            .map(|(before, after)| per_100k(after - before, timed_events)),
+        service_cpu_per_100k: per_100k(cpu_finished.service - cpu_started.service, timed_events),
+        cassandra_cpu_per_100k: used(cpu_started.cassandra, cpu_finished.cassandra),
+        redis_cpu_per_100k: used(cpu_started.redis, cpu_finished.redis),
+        kafka_cpu_per_100k: used(cpu_started.kafka, cpu_finished.kafka),
+        machine_cpu_per_100k: per_100k(cpu_finished.machine - cpu_started.machine, timed_events),
     })
 }
 
@@ -495,6 +581,16 @@ async fn per_event_baseline(bench: &Bench, rep: usize) -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_port_is_read_from_the_first_url() {
+        assert_eq!(redis_port("redis://127.0.0.1:16379/0"), Some(16379));
+        assert_eq!(
+            redis_port("redis://:pw@h:7000/0,redis://h:7001"),
+            Some(7000)
+        );
+        assert_eq!(redis_port("redis://h/0"), None);
+    }
 
     #[test]
     fn events_go_round_robin_with_rising_versions_and_parse() {
