@@ -357,7 +357,8 @@ impl ProfileWriter {
             .collect()
     }
 
-    /// Remembers the cells of a device Cassandra acknowledged.
+    /// A device's outcome of its batch: once Cassandra acknowledged its cells they are
+    /// remembered ([`AcknowledgedCells`]).
     fn settle<'a>(
         &self,
         device: &DeviceWrite<'a>,
