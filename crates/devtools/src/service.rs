@@ -451,7 +451,7 @@ mod tests {
         assert!(runs_redis_on(b"/usr/bin/redis-server *:6379\0", 6379));
         assert!(!runs_redis_on(b"redis-server 127.0.0.1:16379\0", 6379));
         assert!(!runs_redis_on(b"redis-server 127.0.0.1:163790\0", 16379));
-        assert!(!runs_redis_on(b"redis-cli\0-p\016379\0", 16379));
+        assert!(!runs_redis_on(b"redis-cli\0-h\0localhost:16379\0", 16379));
     }
 
     #[test]
