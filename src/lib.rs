@@ -12,3 +12,4 @@ pub mod service;
 pub mod shutdown;
 pub mod stores;
 pub mod supervisor;
+pub mod sync;

@@ -12,6 +12,7 @@ use super::keys::CacheKeys;
 use super::snapshot::{continues_from, Change, ChangeId, Snapshot};
 use crate::observe::Metrics;
 use crate::stores::StoreError;
+use crate::sync;
 
 /// Why the cache could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -74,18 +75,11 @@ impl CacheReader {
     }
 
     fn held(&self) -> Option<Arc<Snapshot>> {
-        // A poisoned lock only means a panic elsewhere; the snapshot itself is immutable.
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        sync::read(&self.current).clone()
     }
 
     fn store(&self, snapshot: Arc<Snapshot>) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot);
+        *sync::write(&self.current) = Some(snapshot);
     }
 
     /// Applies the polled changes, or reloads; one request at a time, the others then find the

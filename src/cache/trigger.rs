@@ -3,7 +3,7 @@
 //! one follow-up run. Across instances the Redis lock lets one refresh run at a time; an
 //! instance that finds it taken waits for it, then runs its own refresh.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +18,7 @@ use super::refresh::Refresher;
 use crate::config::KafkaSettings;
 use crate::kafka;
 use crate::kafka::ingress::{Ingress, Role};
+use crate::sync;
 
 /// How often an instance waiting for another instance's refresh looks at the lock again.
 const LOCK_POLL: Duration = Duration::from_secs(1);
@@ -39,7 +40,7 @@ struct Pending {
 
 impl Triggers {
     pub fn request(&self, request_id: Option<String>) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = sync::lock(&self.pending);
         pending.requested = true;
         pending.request_ids.extend(request_id);
         // Stores a permit when no one waits, so a request made during a run is not missed.
@@ -57,7 +58,7 @@ impl Triggers {
     }
 
     fn take(&self) -> Option<Vec<String>> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = sync::lock(&self.pending);
         let taken = std::mem::take(&mut *pending);
         taken.requested.then_some(taken.request_ids)
     }

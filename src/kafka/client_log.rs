@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -152,7 +153,7 @@ impl RepeatLimiter {
     /// `Some(repeats)` when `message` is to be logged now, `repeats` being how many times it
     /// was held back since it was last logged; `None` while it is held back.
     fn admit(&self, message: &str, now: Instant) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = sync::lock(&self.seen);
         match seen.get_mut(&shape(message)) {
             Some((last, held)) if now.duration_since(*last) < self.window => {
                 *held += 1;

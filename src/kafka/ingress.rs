@@ -6,7 +6,7 @@
 //! same partition that is still being worked on.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +22,7 @@ use super::offsets::PendingOffsets;
 use super::statistics::ClientMetrics;
 use super::{client_config, redact_config_error};
 use crate::config::KafkaSettings;
+use crate::sync;
 
 /// Pause after a consumer error, so a broker outage does not spin the loop.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -122,7 +123,7 @@ impl Ingress {
             Some(message) => message,
             None => self.receive().await,
         };
-        lock(&self.pending).begin(message.topic(), message.partition(), message.offset());
+        sync::lock(&self.pending).begin(message.topic(), message.partition(), message.offset());
         message
     }
 
@@ -144,7 +145,8 @@ impl Ingress {
     /// is done, for the next automatic commit.
     pub fn acknowledge(&self, message: &OwnedMessage) {
         let (topic, partition) = (message.topic(), message.partition());
-        let Some(done) = lock(&self.pending).acknowledge(topic, partition, message.offset()) else {
+        let Some(done) = sync::lock(&self.pending).acknowledge(topic, partition, message.offset())
+        else {
             return;
         };
         // librdkafka stores `offset + 1`: the next record to read.
@@ -160,7 +162,7 @@ impl Ingress {
     pub async fn poll_while_paused(&self, wait: Duration) {
         self.set_paused(true);
         if let Ok(message) = tokio::time::timeout(wait, self.receive()).await {
-            lock(&self.held).push_back(message);
+            sync::lock(&self.held).push_back(message);
         }
     }
 
@@ -178,7 +180,7 @@ impl Ingress {
     }
 
     fn take_held(&self) -> Option<OwnedMessage> {
-        lock(&self.held).pop_front()
+        sync::lock(&self.held).pop_front()
     }
 
     async fn receive(&self) -> OwnedMessage {
@@ -206,11 +208,6 @@ impl Ingress {
             tracing::warn!(paused, error = %e, "cannot pause or resume partitions");
         }
     }
-}
-
-/// The maps here are updated in single steps; a panic elsewhere cannot leave them half-done.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Gives `group_id` the offsets the former group `KAFKA_GROUP_ID` committed on `topics`, for

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -16,6 +16,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use super::client_log::{self, ClientLog};
 use crate::config::KafkaSettings;
 use crate::observe::Metrics;
+use crate::sync;
 
 /// How often librdkafka reports its statistics: often enough for a lag alert, rare enough to
 /// cost nothing (each report is a JSON document of every partition).
@@ -90,7 +91,7 @@ impl ClientMetrics {
             .iter()
             .map(|(topic, partition, _)| (topic.clone(), *partition))
             .collect();
-        let mut lagging = self.lagging.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lagging = sync::lock(&self.lagging);
         for (topic, partition) in lagging.difference(&now) {
             // Absent already when it was never set: nothing to undo.
             let _ =

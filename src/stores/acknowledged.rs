@@ -15,8 +15,9 @@
 //! event of its device; and a generation holds at most [`MAX_DEVICES`] devices, which bounds the
 //! memory (about 100 bytes a device). Forgetting early is always safe: it only costs a write.
 
+use crate::sync;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long an acknowledged cell is relied on.
@@ -73,7 +74,7 @@ impl<const N: usize> Default for AcknowledgedCells<N> {
 impl<const N: usize> AcknowledgedCells<N> {
     /// The device's cells that Cassandra is known to hold at `now`.
     pub fn held(&self, device_id: &str, now: Instant) -> Cells<N> {
-        let mut generations = self.lock();
+        let mut generations = sync::lock(&self.generations);
         generations.rotate_if_due(now);
         let mut held = [None; N];
         for generation in [&generations.current, &generations.previous] {
@@ -95,7 +96,7 @@ impl<const N: usize> AcknowledgedCells<N> {
         if cells.iter().all(Option::is_none) {
             return;
         }
-        let mut generations = self.lock();
+        let mut generations = sync::lock(&self.generations);
         generations.rotate_if_due(written_at);
         let current = &mut generations.current;
         // A write that began before the generation did cannot be honoured as long as it.
@@ -106,13 +107,6 @@ impl<const N: usize> AcknowledgedCells<N> {
         for (remembered, cell) in remembered.iter_mut().zip(cells) {
             *remembered = (*remembered).max(*cell);
         }
-    }
-
-    /// The maps are updated in single steps; a panic elsewhere cannot leave them half-done.
-    fn lock(&self) -> MutexGuard<'_, Generations<N>> {
-        self.generations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

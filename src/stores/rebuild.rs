@@ -13,6 +13,7 @@ use super::redis::ProfileWriter;
 use super::scan::{with_progress, ProfileScan};
 use super::{CassandraStore, RedisStore, StoreError};
 use crate::config::StoreSettings;
+use crate::sync;
 
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -58,9 +59,7 @@ pub async fn rebuild(
     scan.for_each_page(scanned, |page| async move {
         let updates: Vec<_> = page.iter().flat_map(|profile| profile.updates()).collect();
         let outcomes = redis.upsert(&updates).await?;
-        let mut refused = refused_so_far
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut refused = sync::lock(refused_so_far);
         for (update, outcome) in updates.iter().zip(outcomes) {
             if let Err(error) = outcome {
                 refused.insert(update.device_id.clone(), error);
@@ -69,7 +68,5 @@ pub async fn rebuild(
         Ok(())
     })
     .await?;
-    Ok(refused
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    Ok(sync::into_inner(refused))
 }

@@ -6,12 +6,13 @@
 //! connection is replaced by a fresh one from the seed nodes. Commands of the old one fail as
 //! timeouts, a transient error that their callers retry like any other.
 
+use crate::sync;
 use redis::aio::ConnectionLike;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::RoutingInfo;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may give no answer at all, while commands time out, before the
@@ -92,23 +93,14 @@ impl WatchedCluster {
     }
 
     fn current(&self) -> ClusterConnection {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        sync::read(&self.shared.current).clone()
     }
 
     /// Notes what a command got back and, on a timeout after a stall, replaces the connection
     /// before handing the outcome on.
     async fn observe<T>(&self, outcome: RedisResult<T>) -> RedisResult<T> {
         let timed_out = outcome.as_ref().is_err_and(RedisError::is_timeout);
-        let replace = self
-            .shared
-            .watch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .note(timed_out, Instant::now());
+        let replace = sync::lock(&self.shared.watch).note(timed_out, Instant::now());
         if replace {
             self.replace().await;
         }
@@ -123,10 +115,7 @@ impl WatchedCluster {
         );
         match open(&shared.client, shared.open_limit).await {
             Ok(fresh) => {
-                *shared
-                    .current
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = fresh;
+                *sync::write(&shared.current) = fresh;
                 tracing::info!("reconnected to the Redis Cluster");
             }
             Err(error) => {

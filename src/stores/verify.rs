@@ -16,6 +16,7 @@ use super::stored_profile::StoredProfile;
 use super::{cassandra, CassandraStore, RedisStore, StoreError};
 use crate::config::StoreSettings;
 use crate::profile::fields::{FieldValue, FIELDS};
+use crate::sync;
 
 /// Differences kept to be shown.
 pub const DIFFERENCES_SHOWN: usize = 10;
@@ -143,9 +144,7 @@ impl Stores {
             .for_each_page(scanned, |page| async move {
                 let device_ids: Vec<&str> = page.iter().map(|p| p.device_id.as_str()).collect();
                 let hashes = self.hashes(&device_ids).await?;
-                let mut guard = findings_so_far
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut guard = sync::lock(findings_so_far);
                 let (verified, seen) = &mut *guard;
                 for (profile, (hash, _)) in page.iter().zip(hashes) {
                     if profile.legacy_timestamps {
@@ -160,9 +159,7 @@ impl Stores {
                 Ok(())
             })
             .await?;
-        let (mut verified, seen) = findings
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (mut verified, seen) = sync::into_inner(findings);
         let only_in_redis: Vec<String> = self
             .redis_device_ids()
             .await?

@@ -13,6 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use hawkeye_customer_cache::sync::lock;
+
 use super::fleet::Fleet;
 use super::SimConfig;
 
@@ -154,13 +156,6 @@ pub(super) struct Shared {
     sessions: Mutex<HashMap<String, Instant>>,
     tokens: Mutex<HashMap<String, Instant>>,
     stop: CancellationToken,
-}
-
-/// Locks a mutex even if a panicking thread poisoned it: the data are plain maps and numbers.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
