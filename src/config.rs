@@ -352,8 +352,9 @@ pub struct StoreArgs {
     /// [default: any node, token-aware].
     #[arg(long, env = "CASSANDRA_LOCAL_DC", value_parser = Rule(non_empty))]
     pub cassandra_local_dc: Option<String>,
-    /// Device writes in flight at once per batch (one unlogged single-partition batch each);
-    /// 256 measured best against one node of the local stack (BENCHMARKS.md).
+    /// Cassandra requests in flight at once per batch of events (each an unlogged batch of up
+    /// to 8 devices of the same replicas, or one statement); 256 measured best against one
+    /// node of the local stack when each request carried one device (BENCHMARKS.md).
     #[arg(
         long,
         env = "CASSANDRA_WRITE_CONCURRENCY",

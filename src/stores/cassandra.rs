@@ -40,7 +40,8 @@ pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.
 pub struct CassandraStore {
     session: Arc<Session>,
     keyspace: String,
-    /// `CASSANDRA_WRITE_CONCURRENCY`: device batches in flight at once per upsert call.
+    /// `CASSANDRA_WRITE_CONCURRENCY`: requests (batches of devices) in flight at once per
+    /// upsert call.
     writes_in_flight: usize,
 }
 
@@ -152,9 +153,10 @@ impl CassandraStore {
 }
 
 /// Writes device profiles into `device_profile`: one statement per device where the cells of
-/// its updates can share one, else one unlogged single-partition batch per device; the cell
-/// timestamps encode the per-field rules, so no read and no lightweight transaction is needed
-/// (docs/architecture.md, "Device profile push").
+/// its updates can share one, and the statements of devices with the same replicas together
+/// in unlogged batches ([`replica_batches`]); the cell timestamps encode the per-field rules,
+/// so no read and no lightweight transaction is needed (docs/architecture.md, "Device profile
+/// push").
 #[derive(Clone)]
 pub struct ProfileWriter {
     session: Arc<Session>,
