@@ -862,6 +862,21 @@ fn boolean(value: &str) -> Result<bool, String> {
     }
 }
 
+/// Short topic names for the unit tests of the clients made from settings.
+#[cfg(test)]
+impl Topics {
+    pub(crate) fn example() -> Self {
+        Topics {
+            profile_updates: vec!["t".into()],
+            profile_dlq: "t.dlq".into(),
+            refresh: "r".into(),
+            get: "g".into(),
+            reply: "re".into(),
+            notifications: "n".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

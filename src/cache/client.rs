@@ -161,7 +161,8 @@ pub async fn listen_at_end(
         ensure_topics(kafka, &[&topic])
             .await
             .map_err(|e| GetError::Kafka(format!("{e:#}")))?;
-        // A new topic takes a moment to show in the metadata; the caller's deadline bounds this.
+        // A new topic takes a moment to show in the metadata with a leader for every
+        // partition; the caller's deadline bounds this.
         while partitions.is_empty() {
             tokio::time::sleep(NEW_TOPIC_POLL).await;
             partitions = partitions_of(kafka, &topic, timeout).await?;
@@ -198,7 +199,9 @@ pub async fn listen_at_end(
     Ok(consumer)
 }
 
-/// The partitions of `topic`; empty when it does not exist.
+/// The partitions of `topic`; empty when it does not exist, or while a partition has no
+/// leader: a topic created a moment ago answers "not leader" to the end-offset queries until
+/// its leaders are elected.
 async fn partitions_of(
     kafka: &KafkaSettings,
     topic: &str,
@@ -213,12 +216,19 @@ async fn partitions_of(
         let metadata = consumer
             .fetch_metadata(Some(&topic), timeout)
             .map_err(kafka_error("cannot read the reply topic's metadata"))?;
-        Ok(metadata
+        let found = metadata
             .topics()
             .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect())
+            .find(|t| t.name() == topic && t.error().is_none());
+        let partitions = found.map(|t| t.partitions()).unwrap_or_default();
+        let led = partitions
+            .iter()
+            .all(|p| p.leader() >= 0 && p.error().is_none());
+        Ok(if led {
+            partitions.iter().map(|p| p.id()).collect()
+        } else {
+            Vec::new()
+        })
     })
     .await
     .map_err(|e| GetError::Kafka(format!("metadata task failed: {e}")))?

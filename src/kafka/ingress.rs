@@ -296,6 +296,23 @@ fn only(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn consumers_prefetch_fewer_records_than_librdkafka_unless_kafka_config_sets_it() {
+        let plain = KafkaSettings::new("b:1", "g", crate::config::Topics::example());
+        let prefetch = |settings: &KafkaSettings| {
+            group_config(settings, "g.profiles")
+                .get("queued.min.messages")
+                .map(str::to_string)
+        };
+        assert_eq!(prefetch(&plain).as_deref(), Some("10000"));
+        let chosen = KafkaSettings {
+            extra: vec![("queued.min.messages".into(), Secret::new("500"))],
+            ..plain
+        };
+        assert_eq!(prefetch(&chosen).as_deref(), Some("500"));
+    }
 
     #[test]
     fn each_role_has_its_own_group_named_after_the_service_group() {

@@ -185,17 +185,6 @@ mod tests {
         }
     }
 
-    fn topics() -> crate::config::Topics {
-        crate::config::Topics {
-            profile_updates: vec!["t".into()],
-            profile_dlq: "t.dlq".into(),
-            refresh: "r".into(),
-            get: "g".into(),
-            reply: "re".into(),
-            notifications: "n".into(),
-        }
-    }
-
     #[test]
     fn only_partitions_with_a_known_lag_are_reported() {
         assert_eq!(
@@ -209,7 +198,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let settings = KafkaSettings {
             statistics: Some(StatisticsSink::new(metrics.clone())),
-            ..KafkaSettings::new("b:1", "g", topics())
+            ..KafkaSettings::new("b:1", "g", crate::config::Topics::example())
         };
         let mut config = ClientConfig::new();
         let context = ClientMetrics::consumer(&mut config, &settings, "g.profiles");
