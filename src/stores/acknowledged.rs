@@ -15,10 +15,11 @@
 //! event of its device; and a generation holds at most [`MAX_DEVICES`] devices, which bounds the
 //! memory (about 100 bytes a device). Forgetting early is always safe: it only costs a write.
 
-use crate::sync;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::sync;
 
 /// How long an acknowledged cell is relied on.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);

@@ -6,7 +6,6 @@
 //! connection is replaced by a fresh one from the seed nodes. Commands of the old one fail as
 //! timeouts, a transient error that their callers retry like any other.
 
-use crate::sync;
 use redis::aio::ConnectionLike;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -14,6 +13,8 @@ use redis::cluster_routing::RoutingInfo;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use crate::sync;
 
 /// How long the cluster may give no answer at all, while commands time out, before the
 /// connection is replaced. Longer than a command's response timeout, so that one slow command

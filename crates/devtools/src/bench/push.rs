@@ -8,6 +8,7 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::producer::FutureRecord;
 use redis::AsyncCommands;
+use reqwest::Url;
 use scylla::value::CqlTimestamp;
 use serde_json::json;
 use tokio::time::Instant;
@@ -218,16 +219,17 @@ fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit]) -> Option<[Row; 2]> {
             .map(|run| run.service_cpu_per_100k)
             .collect::<Vec<_>>(),
     );
-    let cassandra: Option<Vec<f64>> = runs.iter().map(|run| run.cassandra_cpu_per_100k).collect();
-    let inserts: Option<Vec<f64>> = limits
-        .iter()
-        .map(|limit| limit.cassandra.cassandra_cpu_per_100k)
-        .collect();
-    let paced: Option<Vec<f64>> = limits
-        .iter()
-        .map(|limit| limit.paced_cassandra_cpu_per_100k)
-        .collect();
-    let (cassandra, inserts, paced) = (median(&cassandra?), median(&inserts?), median(&paced?));
+    let cassandra = median_if_known(runs.iter().map(|run| run.cassandra_cpu_per_100k))?;
+    let inserts = median_if_known(
+        limits
+            .iter()
+            .map(|limit| limit.cassandra.cassandra_cpu_per_100k),
+    )?;
+    let paced = median_if_known(
+        limits
+            .iter()
+            .map(|limit| limit.paced_cassandra_cpu_per_100k),
+    )?;
     let what = "CPU per 100k events during the push: service / Cassandra";
     let value = format!("{service:.1} s / {cassandra:.1} s");
     Some([
@@ -249,10 +251,8 @@ fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit]) -> Option<[Row; 2]> {
 /// machine, whatever its parts cost.
 fn machine_row(runs: &[ServiceRun]) -> Row {
     let of = |cpu: fn(&ServiceRun) -> Option<f64>| {
-        let values: Option<Vec<f64>> = runs.iter().map(cpu).collect();
-        values.map_or("n/a".to_string(), |values| {
-            format!("{:.1} s", median(&values))
-        })
+        median_if_known(runs.iter().map(cpu))
+            .map_or("n/a".to_string(), |median| format!("{median:.1} s"))
     };
     let machine = median(
         &runs
@@ -280,6 +280,12 @@ fn machine_row(runs: &[ServiceRun]) -> Row {
     )
 }
 
+/// The median of `values` when every one of them is known.
+fn median_if_known(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Option<Vec<f64>> = values.into_iter().collect();
+    values.map(|values| median(&values))
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -289,10 +295,8 @@ fn found(pid: Option<u32>) -> String {
 }
 
 /// The port of a `redis://host:port/db` URL (the first, when several are given).
-fn redis_port(url: &str) -> Option<u16> {
-    let first = url.split(',').next()?;
-    let authority = first.split("://").nth(1)?.split('/').next()?;
-    authority.rsplit_once(':')?.1.parse().ok()
+fn redis_port(urls: &str) -> Option<u16> {
+    Url::parse(urls.split(',').next()?.trim()).ok()?.port()
 }
 
 async fn store_limit_of(
