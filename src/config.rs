@@ -311,6 +311,17 @@ pub struct StoreArgs {
         value_parser = Rule(boolean)
     )]
     pub cassandra_create_keyspace: bool,
+    /// Add the columns the service writes to an existing `device_profile` that lacks them
+    /// (`ALTER TABLE … ADD`; nothing is dropped or changed). With false, a missing column stops
+    /// start-up with the statement to run.
+    #[arg(
+        long,
+        env = "CASSANDRA_ALTER_TABLE",
+        default_value = "true",
+        action = ArgAction::Set,
+        value_parser = Rule(boolean)
+    )]
+    pub cassandra_alter_table: bool,
     /// Plain-text auth user name (auth is used when set).
     #[arg(long, env = "CASSANDRA_USERNAME", default_value = "")]
     pub cassandra_username: String,
@@ -387,6 +398,7 @@ pub struct StoreSettings {
     pub cassandra_nodes: Vec<String>,
     pub cassandra_keyspace: String,
     pub cassandra_create_keyspace: bool,
+    pub cassandra_alter_table: bool,
     pub cassandra_credentials: Option<(String, Secret)>,
     pub cassandra_tls: Option<CassandraTls>,
     pub cassandra_consistency: Consistency,
@@ -406,6 +418,7 @@ impl StoreSettings {
             cassandra_nodes,
             cassandra_keyspace: DEFAULT_KEYSPACE.to_string(),
             cassandra_create_keyspace: true,
+            cassandra_alter_table: true,
             cassandra_credentials: None,
             cassandra_tls: None,
             cassandra_consistency: Consistency::LocalQuorum,
@@ -480,6 +493,7 @@ impl StoreArgs {
             cassandra_nodes: self.cassandra_nodes,
             cassandra_keyspace: self.cassandra_keyspace,
             cassandra_create_keyspace: self.cassandra_create_keyspace,
+            cassandra_alter_table: self.cassandra_alter_table,
             cassandra_consistency: self.cassandra_consistency,
             cassandra_local_dc: self.cassandra_local_dc,
             cassandra_write_concurrency: self.cassandra_write_concurrency,

@@ -43,6 +43,18 @@ pub enum ValueType {
     Timestamp,
 }
 
+impl ValueType {
+    /// The column's type as `system_schema.columns` spells it.
+    pub const fn cql_type(self) -> &'static str {
+        match self {
+            ValueType::Text => "text",
+            ValueType::BigInt => "bigint",
+            ValueType::TextMap => "map<text, text>",
+            ValueType::Timestamp => "timestamp",
+        }
+    }
+}
+
 /// How the stores resolve concurrent writes of a field (docs/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeRule {
@@ -230,6 +242,29 @@ pub fn fields_with(rule: MergeRule) -> impl Iterator<Item = Field> {
         .map(|spec| spec.field)
 }
 
+/// Width (ms) of the steps the smallest-wins rules order values by. Cassandra holds these
+/// cells at `base - step` (docs/architecture.md, "Taking over an existing deployment"), and the
+/// steps of every value from the epoch to [`SMALLEST_WINS_CEILING_MS`] must fit in the 0.8 day
+/// between the base and the adoption instant, so values 64 ms apart or less tie.
+pub const SMALLEST_WINS_STEP_MS: i64 = 64;
+/// Values from here on (year 2109) share the last step; values before the epoch the first.
+pub const SMALLEST_WINS_CEILING_MS: i64 = 1 << 42;
+
+/// The step of a smallest-wins value: the smaller step wins.
+pub fn smallest_wins_step(value_ms: i64) -> i64 {
+    value_ms.clamp(0, SMALLEST_WINS_CEILING_MS - 1) / SMALLEST_WINS_STEP_MS
+}
+
+/// The order of `first_access` and `user_declared_on` values, the same in both stores: the
+/// smaller step ([`smallest_wins_step`]) wins; within a step, the value greater as an unsigned
+/// 64-bit number, which is how Cassandra resolves two cells of one timestamp (by their bytes).
+/// `Less`: `a` wins over `b`.
+pub fn smallest_wins_order(a: i64, b: i64) -> Ordering {
+    smallest_wins_step(a)
+        .cmp(&smallest_wins_step(b))
+        .then_with(|| (b as u64).cmp(&(a as u64)))
+}
+
 /// One field's value: borrowed from an update, or owned when freshly parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldValue<'a> {
@@ -308,15 +343,6 @@ mod tests {
     const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
     const EVENT_SCHEMA: &str = include_str!("../../schemas/device_profile_event.schema.json");
 
-    fn cql_type(value_type: ValueType) -> &'static str {
-        match value_type {
-            ValueType::Text => "text",
-            ValueType::BigInt => "bigint",
-            ValueType::TextMap => "map<text, text>",
-            ValueType::Timestamp => "timestamp",
-        }
-    }
-
     /// The `(column, type)` pairs of the CREATE TABLE, the key included.
     fn cql_columns() -> BTreeSet<(String, String)> {
         let (_, body) = DEVICE_PROFILE_CQL
@@ -338,7 +364,7 @@ mod tests {
     fn the_table_has_every_column_of_the_cql_and_no_other() {
         let mut table: BTreeSet<(String, String)> = FIELDS
             .iter()
-            .map(|spec| (spec.column.into(), cql_type(spec.value_type).into()))
+            .map(|spec| (spec.column.into(), spec.value_type.cql_type().into()))
             .collect();
         table.insert(("device_id".into(), "text PRIMARY KEY".into()));
         assert_eq!(table, cql_columns());

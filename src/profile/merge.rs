@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::fields::{fields_with, Field, MergeRule, FIELDS};
+use super::fields::{fields_with, smallest_wins_order, Field, FieldValue, MergeRule, FIELDS};
 use super::{ProfileUpdate, TextField};
 
 /// The rules that do not depend on versions: their winners ride on the newest update.
@@ -78,10 +78,20 @@ fn keep_winners(kept: &mut ProfileUpdate, update: &ProfileUpdate, rule: MergeRul
         };
         let replaces = kept
             .value(field)
-            .is_none_or(|current| candidate.cmp_as_stored(&current) == Some(wins(rule)));
+            .is_none_or(|current| beats(rule, &candidate, &current));
         if replaces {
             kept.set(field, Some(candidate));
         }
+    }
+}
+
+/// Whether a store keeps `candidate` over `current` under `rule`.
+fn beats(rule: MergeRule, candidate: &FieldValue<'_>, current: &FieldValue<'_>) -> bool {
+    match (rule, candidate, current) {
+        (MergeRule::Smallest, FieldValue::Timestamp(candidate), FieldValue::Timestamp(current)) => {
+            smallest_wins_order(*candidate, *current) == Ordering::Less
+        }
+        _ => candidate.cmp_as_stored(current) == Some(wins(rule)),
     }
 }
 
@@ -117,10 +127,11 @@ fn carries_anything(update: &ProfileUpdate) -> bool {
         .any(|spec| !spec.rule.is_derived() && update.value(spec.field).is_some())
 }
 
-/// Whether `current` stays the earliest declaration against `candidate`: the smaller version,
-/// on equal versions the greater state (what the store keeps).
+/// Whether `current` stays the earliest declaration against `candidate`: the version that
+/// wins as `user_declared_on` ([`smallest_wins_order`]), on equal versions the greater state
+/// (what the store keeps).
 fn earliest_declared(current: &(i64, String), candidate: &(i64, String)) -> bool {
-    match current.0.cmp(&candidate.0) {
+    match smallest_wins_order(current.0, candidate.0) {
         Ordering::Less => true,
         Ordering::Greater => false,
         Ordering::Equal => current.1.as_bytes() >= candidate.1.as_bytes(),
@@ -151,12 +162,9 @@ mod tests {
         }
 
         fn smallest(&mut self, field: &'static str, value: i64) {
-            let slot = self
-                .fields
-                .entry(field)
-                .or_insert((i64::MAX, String::new()));
-            if value < slot.0 {
-                *slot = (value, value.to_string());
+            let kept = self.fields.get(field).map(|slot| slot.0);
+            if kept.is_none_or(|kept| smallest_wins_order(value, kept) == Ordering::Less) {
+                self.fields.insert(field, (value, value.to_string()));
             }
         }
 

@@ -86,13 +86,15 @@ pub struct ProfileUpdate {
     pub api_last_updated_on: Option<i64>,
     /// The latest ever seen is kept.
     pub last_contact: Option<LastContact>,
+    /// The update carries a `user_declared_state` copied from a store that holds no
+    /// `user_declared_on` for it (another writer's row): it declares no date.
+    pub undated_declaration: bool,
 }
 
 impl ProfileUpdate {
     /// `user_declared_on` is the version of the earliest update that declared a state.
     pub fn user_declared_on(&self) -> Option<i64> {
-        self.text
-            .contains_key(&TextField::UserDeclaredState)
+        (self.text.contains_key(&TextField::UserDeclaredState) && !self.undated_declaration)
             .then_some(self.version)
     }
 

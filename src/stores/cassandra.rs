@@ -27,14 +27,14 @@ use uuid::Uuid;
 use super::acknowledged::{AcknowledgedCells, Cells};
 use super::batches::replica_batches;
 use super::error::execution_is_transient;
+use super::schema::{ensure_schema, SchemaRights, TABLE};
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
-use crate::profile::fields::{FieldSpec, FieldValue, MergeRule, FIELDS};
+use crate::profile::fields::{smallest_wins_step, Field, FieldSpec, FieldValue, MergeRule, FIELDS};
 use crate::profile::ProfileUpdate;
 
-/// The CQL of the table, kept in `schemas/` for operators and applied by the service.
-pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
+pub use super::schema::DEVICE_PROFILE_CQL;
 
 #[derive(Clone)]
 pub struct CassandraStore {
@@ -43,6 +43,8 @@ pub struct CassandraStore {
     /// `CASSANDRA_WRITE_CONCURRENCY`: requests (batches of devices) in flight at once per
     /// upsert call.
     writes_in_flight: usize,
+    /// The deployment's base of the smallest-wins cell timestamps (micros).
+    smallest_wins_base: i64,
 }
 
 /// Every request at `CASSANDRA_CONSISTENCY`; token-aware routing, within `CASSANDRA_LOCAL_DC`
@@ -72,7 +74,8 @@ fn tls_connector(tls: &CassandraTls) -> Result<SslConnectorBuilder, openssl::err
 }
 
 impl CassandraStore {
-    /// Connects, creates the keyspace (when allowed) and the table when missing.
+    /// Connects, creates the keyspace (when allowed) and the tables when missing, adopts an
+    /// existing `device_profile` ([`ensure_schema`]).
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
         let mut builder = SessionBuilder::new()
             .known_nodes(&settings.cassandra_nodes)
@@ -90,49 +93,20 @@ impl CassandraStore {
             .build()
             .await
             .map_err(|e| StoreError::cassandra("cannot connect", e))?;
-        let store = CassandraStore {
+        let rights = SchemaRights {
+            create_keyspace_with: settings
+                .cassandra_create_keyspace
+                .then_some(settings.cassandra_replication.as_str()),
+            alter_table: settings.cassandra_alter_table,
+        };
+        let smallest_wins_base =
+            ensure_schema(&session, &settings.cassandra_keyspace, rights).await?;
+        Ok(CassandraStore {
             session: Arc::new(session),
             keyspace: settings.cassandra_keyspace.clone(),
             writes_in_flight: settings.cassandra_write_concurrency,
-        };
-        let replication = settings
-            .cassandra_create_keyspace
-            .then_some(settings.cassandra_replication.as_str());
-        store.ensure_schema(replication).await?;
-        Ok(store)
-    }
-
-    /// Creates the keyspace with `replication` (`None`: the keyspace must exist) and the table.
-    async fn ensure_schema(&self, replication: Option<&str>) -> Result<(), StoreError> {
-        let keyspace = &self.keyspace;
-        let create_keyspace = replication.is_some();
-        if let Some(replication) = replication {
-            let cql = format!(
-                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
-            );
-            self.session
-                .query_unpaged(cql, ())
-                .await
-                .map_err(|e| StoreError::cassandra("cannot create keyspace", e))?;
-        }
-        self.session
-            .use_keyspace(keyspace, false)
-            .await
-            .map_err(|e| {
-                StoreError::cassandra(
-                    &format!("cannot use keyspace {keyspace} (CASSANDRA_CREATE_KEYSPACE={create_keyspace})"),
-                    e,
-                )
-            })?;
-        self.session
-            .query_unpaged(DEVICE_PROFILE_CQL, ())
-            .await
-            .map_err(|e| StoreError::cassandra("cannot create table device_profile", e))?;
-        self.session
-            .await_schema_agreement()
-            .await
-            .map_err(|e| StoreError::cassandra("schema agreement", e))?;
-        Ok(())
+            smallest_wins_base,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -150,6 +124,15 @@ impl CassandraStore {
     pub fn keyspace(&self) -> &str {
         &self.keyspace
     }
+
+    /// `CASSANDRA_WRITE_CONCURRENCY`.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes_in_flight
+    }
+
+    pub fn smallest_wins_base(&self) -> i64 {
+        self.smallest_wins_base
+    }
 }
 
 /// Writes device profiles into `device_profile`: one statement per device where the cells of
@@ -166,7 +149,13 @@ pub struct ProfileWriter {
     /// Lets a write leave out the value-timestamped cells Cassandra already holds, which
     /// usually leaves one statement instead of a batch of two.
     acknowledged: Arc<AcknowledgedCells<OWN_TIMESTAMP_COLUMNS>>,
+    smallest_wins_base: i64,
 }
+
+/// Smallest-wins values Cassandra holds in another encoding than today's (another writer's
+/// cells, this service's earlier ones), per device: written again in today's along with the
+/// device's updates, so that they keep taking part in the rule (`stores::adoption`).
+pub type Folds = BTreeMap<String, Vec<(Field, i64)>>;
 
 /// The statements of the write path, prepared once.
 struct ProfileStatements {
@@ -244,6 +233,7 @@ impl ProfileWriter {
                 own_timestamp,
             }),
             acknowledged: Arc::default(),
+            smallest_wins_base: store.smallest_wins_base,
         })
     }
 
@@ -251,6 +241,15 @@ impl ProfileWriter {
     /// replicas into unlogged batches ([`replica_batches`]), at most
     /// `CASSANDRA_WRITE_CONCURRENCY` batches at a time.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Refusals, StoreError> {
+        self.upsert_folding(updates, &Folds::new()).await
+    }
+
+    /// [`Self::upsert`], with `folds` added to the devices of `updates` it names.
+    pub async fn upsert_folding(
+        &self,
+        updates: &[ProfileUpdate],
+        folds: &Folds,
+    ) -> Result<Refusals, StoreError> {
         let began = Instant::now();
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
@@ -258,7 +257,8 @@ impl ProfileWriter {
         }
         let mut devices = Vec::with_capacity(by_device.len());
         for (device_id, updates) in by_device {
-            devices.push(self.device_write(device_id, updates, began)?);
+            let folded = folds.get(device_id).map(Vec::as_slice).unwrap_or_default();
+            devices.push(self.device_write(device_id, updates, folded, began)?);
         }
         let cluster = self.session.get_cluster_state();
         let batches = replica_batches(
@@ -279,15 +279,26 @@ impl ProfileWriter {
         refusals(written.into_iter().flatten())
     }
 
-    /// Every statement of one device's updates, less the cells Cassandra already holds.
+    /// Every statement of one device's updates and folds, less the cells Cassandra already
+    /// holds.
     fn device_write<'a>(
         &'a self,
         device_id: &'a str,
         updates: Vec<&'a ProfileUpdate>,
+        folds: &[(Field, i64)],
         began: Instant,
     ) -> Result<DeviceWrite<'a>, StoreError> {
         let held = self.acknowledged.held(device_id, began);
-        let (writes, written) = unheld_writes(updates, &held);
+        let base = self.smallest_wins_base;
+        let writes = updates
+            .into_iter()
+            .flat_map(|update| profile_writes(update, base))
+            .chain(
+                folds
+                    .iter()
+                    .filter_map(|&(field, value)| fold_write(field, value, base)),
+            );
+        let (writes, written) = unheld_writes(writes, &held);
         let mut statements = Vec::with_capacity(writes.len());
         for write in writes {
             statements.push(match write {
@@ -398,9 +409,6 @@ impl ProfileWriter {
     }
 }
 
-/// The table the writer writes.
-const TABLE: &str = "device_profile";
-
 /// One device's statements, and what they need once Cassandra acknowledged them.
 struct DeviceWrite<'a> {
     device_id: &'a str,
@@ -482,13 +490,12 @@ enum ProfileWrite<'a> {
 /// by slot): last-write-wins would keep those, so the row is the same without them. Also the
 /// newest cell timestamp written per slot.
 fn unheld_writes<'a>(
-    updates: Vec<&'a ProfileUpdate>,
+    writes: impl IntoIterator<Item = ProfileWrite<'a>>,
     held: &Cells<OWN_TIMESTAMP_COLUMNS>,
 ) -> (Vec<ProfileWrite<'a>>, Cells<OWN_TIMESTAMP_COLUMNS>) {
     let mut written = [None; OWN_TIMESTAMP_COLUMNS];
-    let writes = updates
+    let writes = writes
         .into_iter()
-        .flat_map(profile_writes)
         .filter(|write| match write {
             ProfileWrite::Versioned { .. } => true,
             ProfileWrite::Column(cell) if held[cell.slot] >= Some(cell.timestamp) => false,
@@ -502,7 +509,7 @@ fn unheld_writes<'a>(
 }
 
 /// The statements of one update: one for the versioned columns, one per other column carried.
-fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
+fn profile_writes(update: &ProfileUpdate, smallest_wins_base: i64) -> Vec<ProfileWrite<'_>> {
     let values: Vec<Option<ColumnValue<'_>>> = versioned_fields()
         .map(|spec| update.value(spec.field).map(ColumnValue::from))
         .collect();
@@ -521,7 +528,12 @@ fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
                 Some(ProfileWrite::Column(Cell {
                     column: spec.column,
                     slot,
-                    timestamp: cell_timestamp(spec.rule, update.version, &value),
+                    timestamp: cell_timestamp(
+                        spec.rule,
+                        update.version,
+                        &value,
+                        smallest_wins_base,
+                    ),
                     value: ColumnValue::from(value),
                 }))
             }),
@@ -529,25 +541,56 @@ fn profile_writes(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
     writes
 }
 
+/// The statement writing `value` again into the smallest-wins column of `field`, in today's
+/// encoding; `None` for a field of another rule.
+fn fold_write(
+    field: Field,
+    value_ms: i64,
+    smallest_wins_base: i64,
+) -> Option<ProfileWrite<'static>> {
+    let (slot, spec) = own_timestamp_fields()
+        .enumerate()
+        .find(|(_, spec)| spec.field == field)?;
+    matches!(
+        spec.rule,
+        MergeRule::Smallest | MergeRule::EarliestDeclaration
+    )
+    .then(|| {
+        ProfileWrite::Column(Cell {
+            column: spec.column,
+            slot,
+            timestamp: smallest_wins_timestamp(smallest_wins_base, value_ms),
+            value: ColumnValue::Timestamp(CqlTimestamp(value_ms)),
+        })
+    })
+}
+
 /// Cell timestamp of "the highest version wins": the version in microseconds.
 fn newest_wins(version_ms: i64) -> i64 {
     version_ms.saturating_mul(1000)
 }
 
-/// Cell timestamp of "the smallest value wins": smaller values get larger timestamps, all of
-/// them at or before the epoch. ScyllaDB (`restrict_future_timestamp`) and Cassandra's
-/// `maximum_timestamp_fail_threshold` guardrail refuse cell timestamps more than a few days
-/// ahead of their clock, so the order is reversed by negation rather than from `i64::MAX`
-/// (the first encoding, which `profile verify` reports). Values before the epoch tie.
-fn smallest_wins(value: i64) -> i64 {
-    -value.max(0)
+/// Cell timestamp of "the smallest value wins": the deployment's base less the value's step
+/// ([`smallest_wins_step`]), so smaller values get later timestamps, every one of them above
+/// any write made before the adoption and less than a day ahead of it (ScyllaDB's
+/// `restrict_future_timestamp` and Cassandra's `maximum_timestamp_fail_threshold` refuse
+/// timestamps a few days ahead). Values of one step tie, and Cassandra keeps the greater:
+/// [`smallest_wins_order`](crate::profile::fields::smallest_wins_order), which Redis follows
+/// too (docs/architecture.md, "Taking over an existing deployment").
+pub fn smallest_wins_timestamp(smallest_wins_base: i64, value_ms: i64) -> i64 {
+    smallest_wins_base - smallest_wins_step(value_ms)
 }
 
-fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>) -> i64 {
+fn cell_timestamp(
+    rule: MergeRule,
+    version_ms: i64,
+    value: &FieldValue<'_>,
+    smallest_wins_base: i64,
+) -> i64 {
     match (rule, value) {
         (MergeRule::NewestVersion | MergeRule::UpdateVersion, _) => newest_wins(version_ms),
         (MergeRule::Smallest | MergeRule::EarliestDeclaration, FieldValue::Timestamp(ms)) => {
-            smallest_wins(*ms)
+            smallest_wins_timestamp(smallest_wins_base, *ms)
         }
         (MergeRule::LatestInstant, FieldValue::LastContact(contact)) => {
             contact.at.timestamp_micros()
@@ -628,6 +671,14 @@ impl ReadinessCheck for CassandraStore {
 mod tests {
     use super::*;
     use crate::profile::{LastContact, TextField};
+    use crate::stores::schema::BASE_AHEAD_MICROS;
+
+    /// A deployment's smallest-wins base.
+    const BASE: i64 = 1_800_000_000_000_000;
+
+    fn writes_of(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
+        profile_writes(update, BASE)
+    }
 
     fn cell_of<'a, 'b>(cells: &'a [Cell<'b>], column: &str) -> &'a Cell<'b> {
         cells.iter().find(|cell| cell.column == column).unwrap()
@@ -681,7 +732,7 @@ mod tests {
             }),
             ..ProfileUpdate::default()
         };
-        let cells = written_cells(profile_writes(&update));
+        let cells = written_cells(writes_of(&update));
         let newest = 1_650_000_000_000_000;
         assert_eq!(cell_of(&cells, "user_declared_state").timestamp, newest);
         assert_eq!(
@@ -694,14 +745,14 @@ mod tests {
             ColumnValue::Timestamp(CqlTimestamp(update.version))
         );
         let first_access = cell_of(&cells, "first_access");
-        assert_eq!(first_access.timestamp, -1_600_000_000_000);
+        assert_eq!(first_access.timestamp, BASE - 1_600_000_000_000 / 64);
         assert_eq!(
             first_access.value,
             ColumnValue::Timestamp(CqlTimestamp(1_600_000_000_000))
         );
         assert_eq!(
             cell_of(&cells, "user_declared_on").timestamp,
-            -update.version
+            BASE - update.version / 64
         );
         let contact = cell_of(&cells, "last_contact");
         assert_eq!(contact.timestamp, 1_604_584_627_123_456);
@@ -723,7 +774,7 @@ mod tests {
             first_access: Some(1_600_000_000_000),
             ..ProfileUpdate::default()
         };
-        let writes = profile_writes(&update);
+        let writes = writes_of(&update);
         assert_eq!(writes.len(), 2, "{writes:?}");
         let ProfileWrite::Versioned { timestamp, values } = &writes[0] else {
             panic!("the versioned statement comes first: {writes:?}");
@@ -781,11 +832,17 @@ mod tests {
             proptest::prop_assert!(
                 crate::profile::event::check_not_ahead(&update, now, margin).is_ok()
             );
-            for cell in written_cells(profile_writes(&update)) {
+            // A deployment adopted just now: its base lies furthest ahead of the clock.
+            let adopted = now.timestamp_micros();
+            for cell in written_cells(profile_writes(&update, adopted + BASE_AHEAD_MICROS)) {
                 proptest::prop_assert!(
                     cell.timestamp <= limit.timestamp_micros(),
                     "{} at {} is past {limit}", cell.column, cell.timestamp
                 );
+                // And every smallest-wins cell beats each cell written before the adoption.
+                if ["first_access", "user_declared_on"].contains(&cell.column) {
+                    proptest::prop_assert!(cell.timestamp > adopted, "{}", cell.column);
+                }
             }
         }
     }
@@ -805,7 +862,7 @@ mod tests {
             first_access: Some(3),
             ..ProfileUpdate::default()
         };
-        let slots: Vec<(&str, usize)> = own_timestamp_cells(&profile_writes(&update))
+        let slots: Vec<(&str, usize)> = own_timestamp_cells(&writes_of(&update))
             .iter()
             .map(|cell| (cell.column, cell.slot))
             .collect();
@@ -828,28 +885,33 @@ mod tests {
                 .collect()
         };
         // Unknown to the memory: every cell is written, and reported as written.
-        let (writes, written) = unheld_writes(vec![&update], &[None; OWN_TIMESTAMP_COLUMNS]);
+        let (writes, written) = unheld_writes(writes_of(&update), &[None; OWN_TIMESTAMP_COLUMNS]);
         assert_eq!(columns(&writes), ["first_access", "user_declared_on"]);
-        let first_access = smallest_wins(1_600_000_000_000);
-        let declared_on = smallest_wins(update.version);
+        let first_access = smallest_wins_timestamp(BASE, 1_600_000_000_000);
+        let declared_on = smallest_wins_timestamp(BASE, update.version);
         assert_eq!(written, [Some(first_access), Some(declared_on), None]);
         // first_access held as it is, user_declared_on held at a later declaration (a smaller
         // timestamp), which this update's earlier one beats.
         let held = [Some(first_access), Some(declared_on - 1), None];
-        let (writes, written) = unheld_writes(vec![&update], &held);
+        let (writes, written) = unheld_writes(writes_of(&update), &held);
         assert_eq!(columns(&writes), ["user_declared_on"]);
         assert_eq!(written, [None, Some(declared_on), None]);
         assert!(matches!(writes[0], ProfileWrite::Versioned { .. }));
         // Everything held: the versioned statement alone is left.
         let held = [Some(first_access + 1), Some(declared_on), None];
-        let (writes, written) = unheld_writes(vec![&update], &held);
+        let (writes, written) = unheld_writes(writes_of(&update), &held);
         assert_eq!(writes.len(), 1);
         assert_eq!(written, [None; OWN_TIMESTAMP_COLUMNS]);
     }
 
     #[test]
     fn an_earlier_first_access_gets_the_later_cell_timestamp() {
-        assert!(smallest_wins(1_000) > smallest_wins(2_000));
+        assert!(smallest_wins_timestamp(BASE, 1_000) > smallest_wins_timestamp(BASE, 2_000));
+        // Within one 64 ms step the values tie, and Cassandra keeps the greater.
+        assert_eq!(
+            smallest_wins_timestamp(BASE, 1_024),
+            smallest_wins_timestamp(BASE, 1_087)
+        );
         assert!(newest_wins(2_000) > newest_wins(1_000));
     }
 }

@@ -47,6 +47,10 @@ pub enum CassandraCause {
     SchemaAgreement(#[from] SchemaAgreementError),
     #[error(transparent)]
     Tls(#[from] openssl::error::ErrorStack),
+    /// A schema the service cannot write into as it is (a column of another type, columns
+    /// missing that it may not add): what is wrong and what to do.
+    #[error("{0}")]
+    Schema(String),
     /// A write of a column the service prepared no statement for: a bug, never retried.
     #[error("no prepared update for column {0}")]
     UnpreparedColumn(&'static str),
@@ -139,6 +143,7 @@ impl CassandraCause {
             CassandraCause::UseKeyspace(error) => use_keyspace_is_transient(error),
             CassandraCause::SchemaAgreement(error) => schema_agreement_is_transient(error),
             CassandraCause::Tls(_)
+            | CassandraCause::Schema(_)
             | CassandraCause::UnpreparedColumn(_)
             | CassandraCause::IntoRows(_)
             | CassandraCause::Rows(_)

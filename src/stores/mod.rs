@@ -1,6 +1,7 @@
 //! Adapters of the two stores the service writes: Redis and Cassandra/ScyllaDB.
 
 mod acknowledged;
+mod adoption;
 mod batches;
 pub mod cassandra;
 mod error;
@@ -9,6 +10,7 @@ pub mod rebuild;
 pub mod redis;
 mod redis_cluster;
 pub mod scan;
+pub mod schema;
 pub mod slots;
 pub mod stored_profile;
 pub mod verify;

@@ -8,9 +8,13 @@
 -- ARGV[3..] triples: rule, field, value
 --   "text" newest version wins; on equal versions the bytewise greater value
 --   "int"  newest version wins; on equal versions the greater number
---   "min"  the smaller number wins (firstaccess, user_declared_on)
+--   "min"  the smaller number wins, in 64 ms steps (firstaccess, user_declared_on; see
+--          smallest_wins_order)
 --   "lc"   the later instant (ARGV[2]) wins; on equal instants the bytewise greater text
 -- Returns {last_contact text, last_contact micros} as stored afterwards, or {} when unknown.
+-- The device hash loses any TTL (the old job kept each device for 24 hours): the service keeps
+-- it up to date from now on. Its fields without a version (another writer's) count as older
+-- than any update.
 
 -- Bytewise comparison: Lua's `<` on strings follows the server's locale (strcoll).
 local function compare_bytes(a, b)
@@ -51,6 +55,28 @@ local function compare_ints(a, b)
   return a_negative and -order or order
 end
 
+local function is_integer(text)
+  return text:match('^%-?%d+$') ~= nil
+end
+
+-- profile::fields::smallest_wins_order, which Cassandra's cells at `base - step` follow: the
+-- smaller 64 ms step (values clamped to [0, 2^42)) wins; within a step the value greater as an
+-- unsigned 64-bit number (Cassandra's tie-break between equal cell timestamps). -1: a wins.
+local STEP_MS, STEP_CEILING = 64, 4398046511104
+local function step(value)
+  local number = tonumber(value)
+  if number < 0 then return 0 end
+  if number >= STEP_CEILING then number = STEP_CEILING - 1 end
+  return math.floor(number / STEP_MS)
+end
+local function smallest_wins_order(a, b)
+  local a_step, b_step = step(a), step(b)
+  if a_step ~= b_step then return a_step < b_step and -1 or 1 end
+  local a_negative, b_negative = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if a_negative ~= b_negative then return a_negative and -1 or 1 end
+  return -compare_ints(a, b)
+end
+
 local version, contact_micros = ARGV[1], ARGV[2]
 
 -- Everything stored for the update's fields (and last_contact, for the answer) in two reads:
@@ -77,7 +103,8 @@ for j = 1, #names - 1 do
   local rule, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local stored, stored_order = stored_values[j], stored_orders[j]
   if rule == 'min' then
-    if not stored or compare_ints(value, stored) < 0 then
+    -- A stored value that is not a number (another writer's) is replaced.
+    if not stored or not is_integer(stored) or smallest_wins_order(value, stored) < 0 then
       table.insert(fields, field)
       table.insert(fields, value)
     end
@@ -97,6 +124,7 @@ end
 
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 if #versions > 0 then redis.call('HSET', KEYS[2], unpack(versions)) end
+redis.call('PERSIST', KEYS[1])
 
 if contact and micros then return {contact, micros} end
 return {}

@@ -1,8 +1,11 @@
 //! Device profile writes into both stores at once: the unit every writer (profile events and
 //! the customer cache refresh) uses.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::adoption::Adoption;
 use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
@@ -15,6 +18,7 @@ pub type Upserted = Result<Option<LastContact>, StoreError>;
 pub struct ProfileStores {
     redis: redis::ProfileWriter,
     cassandra: cassandra::ProfileWriter,
+    adoption: Arc<Adoption>,
     metrics: Arc<Metrics>,
 }
 
@@ -28,6 +32,7 @@ impl ProfileStores {
         Ok(ProfileStores {
             redis: redis::ProfileWriter::load(redis).await?,
             cassandra: cassandra::ProfileWriter::prepare(&cassandra).await?,
+            adoption: Arc::new(Adoption::prepare(&cassandra, cassandra.writes_in_flight()).await?),
             metrics,
         })
     }
@@ -37,21 +42,50 @@ impl ProfileStores {
     /// script's result), or the refusal of a store that will refuse that update every time
     /// (`StoreError::is_transient` is false). Any transient failure fails the whole call;
     /// writes are idempotent, so it may simply be repeated.
+    ///
+    /// The first write of a device this instance has not met reads its row first
+    /// (`stores::adoption`): Redis gets the row's values at their write times before the
+    /// updates, Cassandra its smallest-wins cells again in today's encoding.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
+        let meetings = self
+            .metrics
+            .timed_store_request("cassandra", "first_read", self.adoption.meet(updates))
+            .await?;
+        let priors = meetings.priors.len();
+        let into_redis = match priors {
+            0 => Cow::Borrowed(updates),
+            _ => Cow::Owned([meetings.priors.as_slice(), updates].concat()),
+        };
         // Both run to completion even when one fails, so a retry finds no half-sent batch.
         let (stored, written) = futures::join!(
             self.metrics
-                .timed_store_request("redis", "upsert", self.redis.upsert(updates)),
-            self.metrics
-                .timed_store_request("cassandra", "upsert", self.cassandra.upsert(updates))
+                .timed_store_request("redis", "upsert", self.redis.upsert(&into_redis)),
+            self.metrics.timed_store_request(
+                "cassandra",
+                "upsert",
+                self.cassandra.upsert_folding(updates, &meetings.folds)
+            )
         );
-        let mut stored = stored?;
+        let mut stored = stored?.split_off(priors);
         let mut refused_by_cassandra = written?;
         for (update, outcome) in updates.iter().zip(stored.iter_mut()) {
             if let Some(error) = refused_by_cassandra.remove(&update.device_id) {
                 *outcome = Err(error);
             }
         }
+        let refused: BTreeSet<&str> = updates
+            .iter()
+            .zip(&stored)
+            .filter(|(_, outcome)| outcome.is_err())
+            .map(|(update, _)| update.device_id.as_str())
+            .collect();
+        self.adoption.remember(
+            meetings
+                .devices
+                .iter()
+                .map(String::as_str)
+                .filter(|device_id| !refused.contains(device_id)),
+        );
         let upserted = stored.iter().filter(|outcome| outcome.is_ok()).count();
         self.metrics
             .profile_devices_upserted

@@ -163,6 +163,7 @@ fn stored_profile(row: Row) -> Option<StoredProfile> {
         _ => return None,
     };
     let mut fields = BTreeMap::new();
+    let mut writetimes = BTreeMap::new();
     let mut legacy_timestamps = false;
     for spec in FIELDS {
         let (value, writetime) = (columns.next()?, columns.next()?);
@@ -171,6 +172,9 @@ fn stored_profile(row: Row) -> Option<StoredProfile> {
             _ => None,
         };
         legacy_timestamps |= is_legacy_timestamp(spec.rule, writetime);
+        if let Some(micros) = writetime {
+            writetimes.insert(spec.field, micros);
+        }
         if let Some(stored) = value.and_then(|value| stored_field(spec, value, writetime)) {
             fields.insert(spec.field, stored);
         }
@@ -178,15 +182,17 @@ fn stored_profile(row: Row) -> Option<StoredProfile> {
     Some(StoredProfile {
         device_id,
         fields,
+        writetimes,
         legacy_timestamps,
     })
 }
 
-/// Today's smallest-wins cells are written at or before the epoch; the first encoding put
-/// them near `i64::MAX`.
+/// Today's smallest-wins cells are written less than a day after the adoption; the first
+/// encoding put them near `i64::MAX`, centuries ahead.
 fn is_legacy_timestamp(rule: MergeRule, writetime: Option<i64>) -> bool {
+    const CENTURIES_AHEAD: i64 = i64::MAX / 2;
     matches!(rule, MergeRule::Smallest | MergeRule::EarliestDeclaration)
-        && writetime.is_some_and(|micros| micros > 0)
+        && writetime.is_some_and(|micros| micros > CENTURIES_AHEAD)
 }
 
 /// One cell as a [`StoredField`]; `None` for a value not of its column's type.
@@ -315,6 +321,11 @@ mod tests {
             Some(-1_600_000_000_000)
         ));
         assert!(!is_legacy_timestamp(MergeRule::Smallest, Some(0)));
+        // Today's encoding: the deployment's base, less than a day after the adoption.
+        assert!(!is_legacy_timestamp(
+            MergeRule::Smallest,
+            Some(1_800_000_000_000_000)
+        ));
         assert!(!is_legacy_timestamp(MergeRule::NewestVersion, Some(first)));
         assert!(!is_legacy_timestamp(MergeRule::Smallest, None));
     }

@@ -23,6 +23,9 @@ pub struct StoredField {
 pub struct StoredProfile {
     pub device_id: String,
     pub fields: BTreeMap<Field, StoredField>,
+    /// Cassandra: the write time (micros) of each cell, as `WRITETIME` answers it (a map's
+    /// newest element). Redis keeps none.
+    pub writetimes: BTreeMap<Field, i64>,
     /// Cassandra holds a smallest-wins cell in the first timestamp encoding (`i64::MAX -
     /// value`, far in the future): no write of today's encoding can replace it, so an earlier
     /// value would be lost. README, "Upgrading stored rows", says how to rewrite them.
@@ -70,6 +73,14 @@ impl StoredProfile {
             }
         }
         let declared_state = self.fields.get(&Field::Text(TextField::UserDeclaredState));
+        if declared_on.is_none() {
+            // Another writer's declaration, without the date this service keeps: none is made
+            // up for it.
+            for update in by_version.values_mut() {
+                update.undated_declaration =
+                    update.text.contains_key(&TextField::UserDeclaredState);
+            }
+        }
         if let (Some(version), Some(state)) = (declared_on, declared_state) {
             let update = self.update_at(&mut by_version, version);
             if !update.text.contains_key(&TextField::UserDeclaredState) {
@@ -126,6 +137,7 @@ impl StoredProfile {
         StoredProfile {
             device_id: device_id.to_string(),
             fields,
+            writetimes: BTreeMap::new(),
             legacy_timestamps: false,
         }
     }
@@ -180,12 +192,26 @@ mod tests {
                 .into_iter()
                 .map(|(field, value, version)| (field, StoredField { value, version }))
                 .collect(),
+            writetimes: BTreeMap::new(),
             legacy_timestamps: false,
         }
     }
 
     fn contact(seconds: i64) -> LastContact {
         last_contact_at(DateTime::from_timestamp(seconds, 0).unwrap())
+    }
+
+    #[test]
+    fn a_state_declared_by_another_writer_gets_no_made_up_date() {
+        let profile = stored(vec![(
+            Field::Text(TextField::UserDeclaredState),
+            text("KA"),
+            Some(V1),
+        )]);
+        let updates = profile.updates();
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].text[&TextField::UserDeclaredState], "KA");
+        assert_eq!(updates[0].user_declared_on(), None);
     }
 
     #[test]

@@ -281,6 +281,7 @@ mod tests {
     use crate::profile::fields::Field;
     use crate::profile::TextField;
     use crate::stores::stored_profile::{last_contact_at, StoredField};
+    use std::collections::BTreeMap;
 
     fn profile() -> StoredProfile {
         let field = |value| StoredField {
@@ -310,6 +311,7 @@ mod tests {
                 (Field::UpdatedDate, field(FieldValue::Timestamp(1))),
             ]
             .into(),
+            writetimes: BTreeMap::new(),
             legacy_timestamps: false,
         }
     }

@@ -16,6 +16,7 @@ mod get_freshness;
 mod get_reply_route;
 mod get_status;
 mod metrics_scrape;
+mod profile_adoption;
 mod profile_dead_letters;
 mod profile_first_access;
 mod profile_large_numbers;
