@@ -529,4 +529,19 @@ mod tests {
         assert_eq!(map("a").cmp_as_stored(&map("b")), Some(Ordering::Less));
         assert_eq!(text("1").cmp_as_stored(&FieldValue::BigInt(1)), None);
     }
+
+    #[test]
+    fn smallest_wins_orders_by_64_ms_steps_then_the_greater_value() {
+        assert_eq!(smallest_wins_order(1_000, 2_000), Ordering::Less);
+        assert_eq!(smallest_wins_order(1_087, 1_024), Ordering::Less);
+        assert_eq!(smallest_wins_order(1_024, 1_024), Ordering::Equal);
+        // Before the epoch every value is in the first step, where Cassandra's byte order puts
+        // negative numbers above every other.
+        assert_eq!(smallest_wins_order(-5, 63), Ordering::Less);
+        assert_eq!(smallest_wins_order(-1, -5), Ordering::Less);
+        assert_eq!(
+            smallest_wins_step(i64::MAX),
+            smallest_wins_step(SMALLEST_WINS_CEILING_MS)
+        );
+    }
 }

@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn first_access_values_of_one_64_ms_step_keep_the_later_as_cassandra_does() {
+        let with_first_access = |version, first_access| ProfileUpdate {
+            first_access: Some(first_access),
+            ..event("a", version, &[(TextField::City, "Pune")])
+        };
+        // 1,024 and 1,087 share the step 16; 1,023 is in the step before.
+        for updates in [
+            vec![with_first_access(1, 1_024), with_first_access(2, 1_087)],
+            vec![with_first_access(2, 1_087), with_first_access(1, 1_024)],
+        ] {
+            let merged = merge(updates);
+            assert_eq!(merged.last().unwrap().first_access, Some(1_087));
+        }
+        let merged = merge(vec![
+            with_first_access(1, 1_087),
+            with_first_access(2, 1_023),
+        ]);
+        assert_eq!(merged.last().unwrap().first_access, Some(1_023));
+    }
+
+    #[test]
     fn a_replayed_batch_merges_to_the_same_updates() {
         let twice: Vec<ProfileUpdate> = sample().into_iter().chain(sample()).collect();
         assert_eq!(merge(twice), merge(sample()));

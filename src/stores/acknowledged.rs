@@ -1,8 +1,9 @@
 //! What Cassandra already holds of the columns whose cell timestamp comes from their value
-//! (`first_access`, `user_declared_on`, `last_contact`): per device, the newest cell timestamp
-//! of each that Cassandra acknowledged, remembered for a while. A write leaves out a cell whose
-//! timestamp is not above the remembered one: last-write-wins keeps the stored cell either way
-//! (for these columns an equal timestamp means an equal value), so the row ends up the same.
+//! (`first_access`, `user_declared_on`, `last_contact`): per device, the newest cell of each
+//! that Cassandra acknowledged, by its timestamp and then its value (Cassandra keeps the
+//! greater value of two cells of one timestamp, and values 64 ms apart share a `first_access`
+//! timestamp), remembered for a while. A write leaves out a cell that does not beat the
+//! remembered one: last-write-wins keeps the stored cell either way, so the row ends up the same.
 //!
 //! Why: nearly every event repeats its device's `first_access`, and that cell needs a
 //! statement of its own (its timestamp is not the event's version). Without this, each event
@@ -26,8 +27,12 @@ pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);
 /// Devices one generation remembers; a full generation is retired early.
 pub const MAX_DEVICES: usize = 200_000;
 
-/// Newest acknowledged cell timestamp of each of `N` columns (by slot); `None`: unknown.
-pub type Cells<const N: usize> = [Option<i64>; N];
+/// A cell as Cassandra orders two cells of one column: its timestamp, then its value's bytes
+/// (for the timestamp columns here, the value as an unsigned number).
+pub type CellOrder = (i64, u64);
+
+/// Newest acknowledged cell of each of `N` columns (by slot); `None`: unknown.
+pub type Cells<const N: usize> = [Option<CellOrder>; N];
 
 /// The acknowledged cells of `N` columns per device, in two generations: writes go to the
 /// current one, which becomes the previous one after half of [`REMEMBERED_FOR`] (or when full).
@@ -124,14 +129,19 @@ impl<const N: usize> Generations<N> {
 mod tests {
     use super::*;
 
+    /// A cell at `timestamp` (the value does not matter to these tests).
+    fn at(timestamp: i64) -> Option<CellOrder> {
+        Some((timestamp, 0))
+    }
+
     #[test]
     fn an_acknowledged_cell_is_held_and_only_the_newest_counts() {
         let cells = AcknowledgedCells::<2>::default();
         let now = Instant::now();
         assert_eq!(cells.held("d", now), [None, None]);
-        cells.acknowledged("d", &[Some(-5), None], now);
-        cells.acknowledged("d", &[Some(-9), Some(7)], now);
-        assert_eq!(cells.held("d", now), [Some(-5), Some(7)]);
+        cells.acknowledged("d", &[at(-5), None], now);
+        cells.acknowledged("d", &[at(-9), at(7)], now);
+        assert_eq!(cells.held("d", now), [at(-5), at(7)]);
         assert_eq!(cells.held("other", now), [None, None]);
     }
 
@@ -139,10 +149,10 @@ mod tests {
     fn a_cell_is_forgotten_within_the_remembered_time() {
         let cells = AcknowledgedCells::<1>::default();
         let start = Instant::now();
-        cells.acknowledged("d", &[Some(1)], start);
+        cells.acknowledged("d", &[at(1)], start);
         // Still held after the first rotation, which only retires its generation.
         let later = start + REMEMBERED_FOR / 2 + Duration::from_secs(1);
-        assert_eq!(cells.held("d", later), [Some(1)]);
+        assert_eq!(cells.held("d", later), [at(1)]);
         assert_eq!(cells.held("d", start + REMEMBERED_FOR), [None]);
     }
 
@@ -150,7 +160,7 @@ mod tests {
     fn a_long_idle_spell_forgets_everything() {
         let cells = AcknowledgedCells::<1>::default();
         let start = Instant::now();
-        cells.acknowledged("d", &[Some(1)], start);
+        cells.acknowledged("d", &[at(1)], start);
         assert_eq!(cells.held("d", start + 3 * REMEMBERED_FOR), [None]);
     }
 
@@ -160,7 +170,7 @@ mod tests {
         let start = Instant::now();
         // Rotates: the current generation starts later than the write began.
         assert_eq!(cells.held("x", start + REMEMBERED_FOR), [None]);
-        cells.acknowledged("d", &[Some(1)], start);
+        cells.acknowledged("d", &[at(1)], start);
         assert_eq!(cells.held("d", start + REMEMBERED_FOR), [None]);
     }
 
@@ -170,16 +180,16 @@ mod tests {
         let now = Instant::now();
         let fill = |name: &str| {
             for device in 0..MAX_DEVICES {
-                cells.acknowledged(&format!("{name}{device}"), &[Some(1)], now);
+                cells.acknowledged(&format!("{name}{device}"), &[at(1)], now);
             }
         };
-        cells.acknowledged("first", &[Some(1)], now);
+        cells.acknowledged("first", &[at(1)], now);
         fill("a");
         // The generation of "first" was retired when full, and is still relied on.
-        assert_eq!(cells.held("first", now), [Some(1)]);
+        assert_eq!(cells.held("first", now), [at(1)]);
         fill("b");
         // Retired again: the generation of "first" is gone, the newest devices are there.
         assert_eq!(cells.held("first", now), [None]);
-        assert_eq!(cells.held(&format!("b{}", MAX_DEVICES - 1), now), [Some(1)]);
+        assert_eq!(cells.held(&format!("b{}", MAX_DEVICES - 1), now), [at(1)]);
     }
 }

@@ -63,17 +63,18 @@ impl Adoption {
         })
     }
 
-    /// Reads the rows of the devices of `updates` this instance has not met yet.
-    pub async fn meet(&self, updates: &[ProfileUpdate]) -> Result<FirstMeetings, StoreError> {
-        let unmet: BTreeSet<&str> = updates
+    /// The devices of `updates` this instance has not met yet.
+    pub fn unmet<'a>(&self, updates: &'a [ProfileUpdate]) -> BTreeSet<&'a str> {
+        updates
             .iter()
             .map(|update| update.device_id.as_str())
             .filter(|device_id| !self.met.contains(device_id))
-            .collect();
+            .collect()
+    }
+
+    /// Reads the rows of devices not met yet ([`Self::unmet`]).
+    pub async fn meet(&self, unmet: BTreeSet<&str>) -> Result<FirstMeetings, StoreError> {
         let mut meetings = FirstMeetings::default();
-        if unmet.is_empty() {
-            return Ok(meetings);
-        }
         let reads: Vec<_> = unmet
             .into_iter()
             .map(|device_id| async move { (device_id, self.scan.read(device_id).await) })

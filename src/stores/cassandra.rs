@@ -24,7 +24,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, MaybeUnset};
 use uuid::Uuid;
 
-use super::acknowledged::{AcknowledgedCells, Cells};
+use super::acknowledged::{AcknowledgedCells, CellOrder, Cells};
 use super::batches::replica_batches;
 use super::error::execution_is_transient;
 use super::schema::{ensure_schema, SchemaRights, TABLE};
@@ -473,6 +473,20 @@ struct Cell<'a> {
     value: ColumnValue<'a>,
 }
 
+impl Cell<'_> {
+    /// How Cassandra orders this cell against another of its column: by timestamp, then by
+    /// the value's bytes (a timestamp's, as an unsigned number).
+    fn order(&self) -> CellOrder {
+        let value = match &self.value {
+            ColumnValue::Timestamp(CqlTimestamp(ms)) => *ms as u64,
+            ColumnValue::BigInt(number) => *number as u64,
+            // No such column has a value timestamp of its own.
+            ColumnValue::Text(_) | ColumnValue::TextMap(_) => 0,
+        };
+        (self.timestamp, value)
+    }
+}
+
 /// One statement of an update.
 #[derive(Debug, Clone, PartialEq)]
 enum ProfileWrite<'a> {
@@ -488,7 +502,7 @@ enum ProfileWrite<'a> {
 
 /// The statements of one device's updates less the cells Cassandra is known to hold (`held`,
 /// by slot): last-write-wins would keep those, so the row is the same without them. Also the
-/// newest cell timestamp written per slot.
+/// newest cell written per slot.
 fn unheld_writes<'a>(
     writes: impl IntoIterator<Item = ProfileWrite<'a>>,
     held: &Cells<OWN_TIMESTAMP_COLUMNS>,
@@ -498,9 +512,9 @@ fn unheld_writes<'a>(
         .into_iter()
         .filter(|write| match write {
             ProfileWrite::Versioned { .. } => true,
-            ProfileWrite::Column(cell) if held[cell.slot] >= Some(cell.timestamp) => false,
+            ProfileWrite::Column(cell) if held[cell.slot] >= Some(cell.order()) => false,
             ProfileWrite::Column(cell) => {
-                written[cell.slot] = written[cell.slot].max(Some(cell.timestamp));
+                written[cell.slot] = written[cell.slot].max(Some(cell.order()));
                 true
             }
         })
@@ -871,11 +885,12 @@ mod tests {
 
     #[test]
     fn cells_cassandra_holds_at_a_later_or_equal_timestamp_are_left_out() {
+        const FIRST_ACCESS: i64 = 1_600_000_000_000;
         let update = ProfileUpdate {
             device_id: "d".into(),
             version: 1_650_000_000_000,
             text: [(TextField::UserDeclaredState, "KA".to_string())].into(),
-            first_access: Some(1_600_000_000_000),
+            first_access: Some(FIRST_ACCESS),
             ..ProfileUpdate::default()
         };
         let columns = |writes: &[ProfileWrite<'_>]| -> Vec<&str> {
@@ -887,18 +902,31 @@ mod tests {
         // Unknown to the memory: every cell is written, and reported as written.
         let (writes, written) = unheld_writes(writes_of(&update), &[None; OWN_TIMESTAMP_COLUMNS]);
         assert_eq!(columns(&writes), ["first_access", "user_declared_on"]);
-        let first_access = smallest_wins_timestamp(BASE, 1_600_000_000_000);
-        let declared_on = smallest_wins_timestamp(BASE, update.version);
+        let first_access = (
+            smallest_wins_timestamp(BASE, FIRST_ACCESS),
+            FIRST_ACCESS as u64,
+        );
+        let declared_on = (
+            smallest_wins_timestamp(BASE, update.version),
+            update.version as u64,
+        );
         assert_eq!(written, [Some(first_access), Some(declared_on), None]);
         // first_access held as it is, user_declared_on held at a later declaration (a smaller
         // timestamp), which this update's earlier one beats.
-        let held = [Some(first_access), Some(declared_on - 1), None];
+        let later_declaration = (declared_on.0 - 1, declared_on.1 + 64);
+        let held = [Some(first_access), Some(later_declaration), None];
         let (writes, written) = unheld_writes(writes_of(&update), &held);
         assert_eq!(columns(&writes), ["user_declared_on"]);
         assert_eq!(written, [None, Some(declared_on), None]);
         assert!(matches!(writes[0], ProfileWrite::Versioned { .. }));
+        // Held at the same timestamp but a smaller value of its step: Cassandra keeps the
+        // greater value of one timestamp, so this one is still written.
+        let smaller_of_the_step = (first_access.0, first_access.1 - 1);
+        let held = [Some(smaller_of_the_step), Some(declared_on), None];
+        let (writes, _) = unheld_writes(writes_of(&update), &held);
+        assert_eq!(columns(&writes), ["first_access"]);
         // Everything held: the versioned statement alone is left.
-        let held = [Some(first_access + 1), Some(declared_on), None];
+        let held = [Some((first_access.0 + 1, 0)), Some(declared_on), None];
         let (writes, written) = unheld_writes(writes_of(&update), &held);
         assert_eq!(writes.len(), 1);
         assert_eq!(written, [None; OWN_TIMESTAMP_COLUMNS]);

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::adoption::Adoption;
+use super::adoption::{Adoption, FirstMeetings};
 use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
 use crate::observe::Metrics;
 use crate::profile::{LastContact, ProfileUpdate};
@@ -47,10 +47,15 @@ impl ProfileStores {
     /// (`stores::adoption`): Redis gets the row's values at their write times before the
     /// updates, Cassandra its smallest-wins cells again in today's encoding.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
-        let meetings = self
-            .metrics
-            .timed_store_request("cassandra", "first_read", self.adoption.meet(updates))
-            .await?;
+        let unmet = self.adoption.unmet(updates);
+        let meetings = if unmet.is_empty() {
+            FirstMeetings::default()
+        } else {
+            let reads = self.adoption.meet(unmet);
+            self.metrics
+                .timed_store_request("cassandra", "first_read", reads)
+                .await?
+        };
         let priors = meetings.priors.len();
         let into_redis = match priors {
             0 => Cow::Borrowed(updates),

@@ -4,10 +4,11 @@
 //! instances start at once; a column of another type, or a missing column while
 //! `CASSANDRA_ALTER_TABLE=false`, stops start-up with one line. The rows already there take part
 //! in the rules at their write times in both stores: the earliest `first_access` wins, the
-//! row's included; an event older than a row's cell does not win, a newer one does; the
-//! platform's own columns are never written. The old job's Redis hash is updated in place and
-//! loses its TTL, its unversioned fields older than any event. `profile verify` and
-//! `profile rebuild-redis` handle the adopted rows.
+//! row's included, also across instances started apart and after a restart; an event older
+//! than a row's cell does not win, a newer one does; the platform's own columns are never
+//! written. The old job's Redis hash is updated in place and loses its TTL, its unversioned
+//! fields older than any event. `profile verify` and `profile rebuild-redis` handle the
+//! adopted rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -464,6 +465,29 @@ async fn the_earliest_first_access_wins_over_a_platform_rows_in_both_stores() {
     expect_first_access(earlier.clone(), F0 - DAY_MS, "still the event's").await;
     assert!(service.terminate().await.success());
 
+    // A new instance meets the devices again (it reads their rows once more) and finds the
+    // service's own cells: a value a minute later than the earliest still loses, an earlier
+    // one still wins.
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(READY).await;
+    produce_json(
+        &producer,
+        &env,
+        &event(&later, F0 - 2 * DAY_MS + 60_000, "b4"),
+    )
+    .await;
+    wait_for_city(&env, &session, &later, "b4", WAIT).await;
+    expect_first_access(
+        later.clone(),
+        F0 - 2 * DAY_MS,
+        "after a restart, a later one",
+    )
+    .await;
+    produce_json(&producer, &env, &event(&earlier, F0 - 3 * DAY_MS, "a2")).await;
+    wait_for_city(&env, &session, &earlier, "a2", WAIT).await;
+    wait_for_first_access(&env, &session, &earlier, F0 - 3 * DAY_MS).await;
+    assert!(service.terminate().await.success());
+
     // The stores agree on both adopted devices, the row's other values included.
     let (code, stdout) = verify(&env).await;
     assert_eq!(
@@ -472,6 +496,56 @@ async fn the_earliest_first_access_wins_over_a_platform_rows_in_both_stores() {
         "{stdout}"
     );
     drop_keyspace(&session, &env).await;
+}
+
+#[tokio::test]
+async fn instances_started_apart_share_one_base_so_the_earliest_first_access_wins_across_them() {
+    let first_env = env_with_own_keyspace();
+    let keyspace = first_env["CASSANDRA_KEYSPACE"].clone();
+    let session = cassandra_session().await;
+    create_platform_table(&session, &keyspace, "timestamp").await;
+    let device = unique("d");
+    insert_platform_row(&session, &keyspace, &device, F0 + DAY_MS, "platform-city").await;
+    let mut first = ServiceProcess::start(first_env.clone());
+    first.wait_ready(READY).await;
+    // The second starts later, on the same stores, with topics of its own.
+    let mut second_env = isolated_env();
+    for setting in ["CASSANDRA_KEYSPACE", "REDIS_DEVICE_KEY_PREFIX"] {
+        second_env.insert(setting.into(), first_env[setting].clone());
+    }
+    let mut second = ServiceProcess::start(second_env.clone());
+    second.wait_ready(READY).await;
+    let producer = producer();
+
+    // Values ten steps of the encoding (640 ms) apart: the smaller, written by the instance
+    // that started first, must beat the other's cell, which a base of each instance's own
+    // (the later start's above the earlier's) would not let it.
+    let later = F0 + 640;
+    produce_json(
+        &producer,
+        &second_env,
+        &json!({"device_id": device, "api_last_updated_on": now_ms(), "city": "second",
+                "first_access": later}),
+    )
+    .await;
+    wait_for_city(&second_env, &session, &device, "second", WAIT).await;
+    wait_for_first_access(&second_env, &session, &device, later).await;
+    produce_json(
+        &producer,
+        &first_env,
+        &json!({"device_id": device, "api_last_updated_on": now_ms(), "city": "first",
+                "first_access": F0}),
+    )
+    .await;
+    wait_for_city(&first_env, &session, &device, "first", WAIT).await;
+    assert_eq!(
+        first_access_in_both(&first_env, &session, &device).await,
+        (Some(F0.to_string()), Value::from(cql_timestamp(F0))),
+        "(Redis firstaccess, Cassandra first_access)"
+    );
+    assert!(first.terminate().await.success());
+    assert!(second.terminate().await.success());
+    drop_keyspace(&session, &first_env).await;
 }
 
 #[tokio::test]
@@ -488,15 +562,17 @@ async fn an_event_older_than_a_platform_rows_write_does_not_win_and_a_newer_one_
     service.wait_ready(READY).await;
     let producer = producer();
 
-    // An hour older than the row's cells: its city loses in both stores. Its district_custom
-    // (a column the row has no cell in; same statement as the city) and its earlier
-    // first_access are written, which shows that the event was.
+    // An hour older than the row's cells: its city and user_declared_state lose in both
+    // stores. Its district_custom (a column the row has no cell in; same statement as the
+    // city) and its earlier first_access are written, which shows that the event was; being
+    // the first to carry user_declared_state, it sets user_declared_on.
+    let stale = written_at - HOUR_MS;
     produce_json(
         &producer,
         &env,
-        &json!({"device_id": device, "api_last_updated_on": written_at - HOUR_MS,
+        &json!({"device_id": device, "api_last_updated_on": stale,
                 "city": "stale", "district_custom": "stale-district",
-                "first_access": F0 - DAY_MS}),
+                "user_declared_state": "Goa", "first_access": F0 - DAY_MS}),
     )
     .await;
     wait_for_field(&env, &session, &device, "district_custom", "stale-district").await;
@@ -513,8 +589,19 @@ async fn an_event_older_than_a_platform_rows_write_does_not_win_and_a_newer_one_
         hash.get("devicespec").map(String::as_str),
         Some(r#"{"make":"Acme","os":"Android"}"#)
     );
+    assert_eq!(
+        hash.get("user_declared_state").map(String::as_str),
+        Some("Karnataka")
+    );
+    assert_eq!(hash.get("user_declared_on"), Some(&stale.to_string()));
     let row = cassandra_row(&session, &env, &device).await.expect("row");
     assert_eq!(row["city"], "platform-city", "Cassandra: {row}");
+    assert_eq!(row["user_declared_state"], "Karnataka", "Cassandra: {row}");
+    assert_eq!(
+        row["user_declared_on"],
+        cql_timestamp(stale),
+        "Cassandra: {row}"
+    );
     assert_eq!(
         platform_only_cells(&session, &keyspace, &device).await,
         platform_cells
@@ -638,6 +725,14 @@ async fn rebuild_redis_and_verify_take_an_adopted_row_the_service_never_wrote() 
     create_platform_table(&session, &keyspace, "timestamp").await;
     let device = unique("d");
     insert_platform_row(&session, &keyspace, &device, F0, "platform-city").await;
+    // The old job's hash of the device, with its TTL and older values.
+    let key = format!("{}{device}", env["REDIS_DEVICE_KEY_PREFIX"]);
+    let mut redis = redis_connection().await;
+    let _: () = redis
+        .hset_multiple(&key, &[("city", "old-job"), ("country", "IN")])
+        .await
+        .expect("HSET");
+    let _: () = redis.expire(&key, 86_400).await.expect("EXPIRE");
     let platform_cells = platform_only_cells(&session, &keyspace, &device).await;
     let mut service = ServiceProcess::start(env.clone());
     service.wait_ready(READY).await;
@@ -650,6 +745,7 @@ async fn rebuild_redis_and_verify_take_an_adopted_row_the_service_never_wrote() 
     let hash = redis_hash(&env, &device).await;
     for (field, value) in [
         ("city", "platform-city"),
+        ("country", "India"),
         ("state", "Karnataka"),
         ("country_code", "IN"),
         ("firstaccess", "1600000000000"),
@@ -661,6 +757,8 @@ async fn rebuild_redis_and_verify_take_an_adopted_row_the_service_never_wrote() 
     for column in PLATFORM_ONLY {
         assert!(!hash.contains_key(column), "{hash:?}");
     }
+    let ttl: i64 = redis.ttl(&key).await.expect("TTL");
+    assert_eq!(ttl, -1, "the old job's TTL is removed");
     let (code, stdout) = verify(&env).await;
     assert_eq!(
         (code, stdout.lines().next()),
