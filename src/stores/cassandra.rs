@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::acknowledged::{AcknowledgedCells, CellOrder, Cells};
 use super::batches::replica_batches;
 use super::error::execution_is_transient;
-use super::schema::{ensure_schema, SchemaRights, TABLE};
+use super::schema::{ensure_schema, schema_in_place, SchemaRights, TABLE};
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
@@ -73,26 +73,30 @@ fn tls_connector(tls: &CassandraTls) -> Result<SslConnectorBuilder, openssl::err
     Ok(builder)
 }
 
+async fn session(settings: &StoreSettings) -> Result<Session, StoreError> {
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&settings.cassandra_nodes)
+        .connection_timeout(Duration::from_secs(5))
+        .default_execution_profile_handle(execution_profile(settings));
+    if let Some((user, password)) = &settings.cassandra_credentials {
+        builder = builder.user(user, password.expose());
+    }
+    if let Some(tls) = &settings.cassandra_tls {
+        let connector =
+            tls_connector(tls).map_err(|e| StoreError::cassandra("cannot set up TLS", e))?;
+        builder = builder.tls_context(Some(connector));
+    }
+    builder
+        .build()
+        .await
+        .map_err(|e| StoreError::cassandra("cannot connect", e))
+}
+
 impl CassandraStore {
-    /// Connects, creates the keyspace (when allowed) and the tables when missing, adopts an
-    /// existing `device_profile` ([`ensure_schema`]).
+    /// The service's connection: creates the keyspace (when allowed) and the tables when
+    /// missing, adopts an existing `device_profile` ([`ensure_schema`]).
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let mut builder = SessionBuilder::new()
-            .known_nodes(&settings.cassandra_nodes)
-            .connection_timeout(Duration::from_secs(5))
-            .default_execution_profile_handle(execution_profile(settings));
-        if let Some((user, password)) = &settings.cassandra_credentials {
-            builder = builder.user(user, password.expose());
-        }
-        if let Some(tls) = &settings.cassandra_tls {
-            let connector =
-                tls_connector(tls).map_err(|e| StoreError::cassandra("cannot set up TLS", e))?;
-            builder = builder.tls_context(Some(connector));
-        }
-        let session = builder
-            .build()
-            .await
-            .map_err(|e| StoreError::cassandra("cannot connect", e))?;
+        let session = session(settings).await?;
         let rights = SchemaRights {
             create_keyspace_with: settings
                 .cassandra_create_keyspace
@@ -101,12 +105,24 @@ impl CassandraStore {
         };
         let smallest_wins_base =
             ensure_schema(&session, &settings.cassandra_keyspace, rights).await?;
-        Ok(CassandraStore {
+        Ok(Self::with_session(session, settings, smallest_wins_base))
+    }
+
+    /// The operator tools' connection: the schema as the service left it, changed in nothing
+    /// ([`schema_in_place`]), so that a read-only tool writes nothing.
+    pub async fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let session = session(settings).await?;
+        let smallest_wins_base = schema_in_place(&session, &settings.cassandra_keyspace).await?;
+        Ok(Self::with_session(session, settings, smallest_wins_base))
+    }
+
+    fn with_session(session: Session, settings: &StoreSettings, smallest_wins_base: i64) -> Self {
+        CassandraStore {
             session: Arc::new(session),
             keyspace: settings.cassandra_keyspace.clone(),
             writes_in_flight: settings.cassandra_write_concurrency,
             smallest_wins_base,
-        })
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -30,7 +30,7 @@ pub struct Rebuilt {
 /// Connects to both stores and rebuilds Redis from Cassandra, with a progress line on stderr.
 pub async fn rebuild_redis(settings: &StoreSettings) -> Result<Rebuilt, StoreError> {
     let redis = ProfileWriter::load(RedisStore::connect(settings).await?).await?;
-    let scan = ProfileScan::prepare(&CassandraStore::connect(settings).await?).await?;
+    let scan = ProfileScan::prepare(&CassandraStore::open(settings).await?).await?;
     let scanned = AtomicU64::new(0);
     let started = Instant::now();
     let refused = with_progress(

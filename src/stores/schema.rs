@@ -82,6 +82,39 @@ const STARTING_TOGETHER: RetryPolicy = RetryPolicy {
     ..RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(2))
 };
 
+/// The schema as the service left it, for the operator tools: every column the service writes
+/// is there and the deployment has its smallest-wins base; nothing is created or changed.
+pub async fn schema_in_place(session: &Session, keyspace: &str) -> Result<i64, StoreError> {
+    let refuse = |why: String| {
+        StoreError::cassandra(
+            &format!("cannot use table {keyspace}.{TABLE}"),
+            CassandraCause::Schema(why),
+        )
+    };
+    let existing = table_columns(session, keyspace, TABLE).await?;
+    let missing = missing_columns(&existing).map_err(refuse)?;
+    if !missing.is_empty() {
+        return Err(refuse(format!(
+            "it lacks columns the service writes ({}): start the service on it once, which adds \
+             them",
+            missing
+                .iter()
+                .map(|(column, _)| *column)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    session
+        .use_keyspace(keyspace, false)
+        .await
+        .map_err(|e| StoreError::cassandra(&format!("cannot use keyspace {keyspace}"), e))?;
+    read_base(session, keyspace).await?.ok_or_else(|| {
+        refuse(format!(
+            "{keyspace}.{ADOPTION_TABLE} holds no smallest_wins_base: start the service on it once"
+        ))
+    })
+}
+
 /// The columns the service writes, with their types, the key included.
 fn needed_columns() -> impl Iterator<Item = (&'static str, &'static str)> {
     std::iter::once(("device_id", "text")).chain(
@@ -261,7 +294,23 @@ async fn smallest_wins_base(session: &Session, keyspace: &str) -> Result<i64, St
         )
         .await
         .map_err(|e| failed(e.into()))?;
-    // A serial read sees the value the transaction settled on, whichever instance wrote it.
+    read_base(session, keyspace).await?.ok_or_else(|| {
+        failed(CassandraCause::Schema(format!(
+            "{keyspace}.{ADOPTION_TABLE} holds no smallest_wins_base for {TABLE}"
+        )))
+    })
+}
+
+/// The deployment's smallest-wins base, `None` before the service first started on the table.
+/// A serial read sees the value the transaction settled on, whichever instance wrote it.
+async fn read_base(session: &Session, keyspace: &str) -> Result<Option<i64>, StoreError> {
+    let failed = |e: CassandraCause| StoreError::cassandra("cannot read the smallest-wins base", e);
+    if table_columns(session, keyspace, ADOPTION_TABLE)
+        .await?
+        .is_empty()
+    {
+        return Ok(None);
+    }
     let mut read = Statement::new(format!(
         "SELECT smallest_wins_base FROM {keyspace}.{ADOPTION_TABLE} WHERE table_name = ?"
     ));
@@ -277,12 +326,7 @@ async fn smallest_wins_base(session: &Session, keyspace: &str) -> Result<i64, St
         .next()
         .transpose()
         .map_err(|e| failed(e.into()))?;
-    match row {
-        Some((Some(base),)) => Ok(base),
-        _ => Err(failed(CassandraCause::Schema(format!(
-            "{keyspace}.{ADOPTION_TABLE} holds no smallest_wins_base for {TABLE}"
-        )))),
-    }
+    Ok(row.and_then(|(base,)| base))
 }
 
 #[cfg(test)]

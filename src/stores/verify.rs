@@ -107,7 +107,7 @@ struct Stores {
 /// repairs the devices that differ.
 pub async fn verify(settings: &StoreSettings, repair: bool) -> Result<Verified, StoreError> {
     let redis = RedisStore::connect(settings).await?;
-    let cassandra = CassandraStore::connect(settings).await?;
+    let cassandra = CassandraStore::open(settings).await?;
     let stores = Stores {
         redis_writer: ProfileWriter::load(redis.clone()).await?,
         cassandra_writer: cassandra::ProfileWriter::prepare(&cassandra).await?,

@@ -392,6 +392,46 @@ async fn without_alter_table_missing_columns_stop_start_up_listing_them() {
     drop_keyspace(&session, &env).await;
 }
 
+/// `profile verify` and `profile rebuild-redis` use the schema as the service left it: on the
+/// platform's table before the service ever started they change nothing (no column, no base,
+/// which must come from the service's own start) and say what to do.
+#[tokio::test]
+async fn operator_tools_change_nothing_on_a_table_not_yet_adopted() {
+    let env = env_with_own_keyspace();
+    let keyspace = env["CASSANDRA_KEYSPACE"].clone();
+    let session = cassandra_session().await;
+    create_platform_table(&session, &keyspace, "timestamp").await;
+    let platform = column_types(&session, &keyspace).await;
+    for tool in ["verify", "rebuild-redis"] {
+        let (code, _, stderr) = run_command(&["profile", tool], &env, COMMAND_TIMEOUT).await;
+        assert_ne!(code, 0, "{tool}: {stderr}");
+        assert!(
+            stderr.contains("start the service on it once") && stderr.contains("serial_number"),
+            "{tool}: {stderr}"
+        );
+        assert_eq!(
+            column_types(&session, &keyspace).await,
+            platform,
+            "{tool} altered the table"
+        );
+    }
+    let tables: Vec<(String,)> = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+            (keyspace.as_str(),),
+        )
+        .await
+        .expect("system_schema.tables")
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(String,)>()
+        .expect("one text column")
+        .map(|row| row.expect("a table"))
+        .collect();
+    assert_eq!(tables, [("device_profile".to_string(),)]);
+    drop_keyspace(&session, &env).await;
+}
+
 #[tokio::test]
 async fn without_alter_table_a_table_the_service_created_starts() {
     let mut env = env_with_own_keyspace();
