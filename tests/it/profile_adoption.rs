@@ -117,6 +117,13 @@ async fn platform_only_cells(session: &Session, keyspace: &str, device: &str) ->
     serde_json::from_str(&json).expect("SELECT JSON is JSON")
 }
 
+/// Starts the service on `env`, waits until it is ready and stops it cleanly.
+async fn starts_and_stops(env: &HashMap<String, String>) {
+    let mut service = ServiceProcess::start(env.clone());
+    service.wait_ready(READY).await;
+    assert!(service.terminate().await.success());
+}
+
 /// `device_profile`'s columns and their types, as `system_schema` spells them.
 async fn column_types(session: &Session, keyspace: &str) -> BTreeMap<String, String> {
     session
@@ -382,13 +389,9 @@ async fn without_alter_table_missing_columns_stop_start_up_listing_them() {
 
     // Once adopted (here by a start that may alter it), the table needs no change.
     env.insert("CASSANDRA_ALTER_TABLE".into(), "true".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    starts_and_stops(&env).await;
     env.insert("CASSANDRA_ALTER_TABLE".into(), "false".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    starts_and_stops(&env).await;
     drop_keyspace(&session, &env).await;
 }
 
@@ -436,14 +439,10 @@ async fn operator_tools_change_nothing_on_a_table_not_yet_adopted() {
 async fn without_alter_table_a_table_the_service_created_starts() {
     let mut env = env_with_own_keyspace();
     let session = cassandra_session().await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    starts_and_stops(&env).await;
 
     env.insert("CASSANDRA_ALTER_TABLE".into(), "false".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    starts_and_stops(&env).await;
     drop_keyspace(&session, &env).await;
 }
 
@@ -774,9 +773,7 @@ async fn rebuild_redis_and_verify_take_an_adopted_row_the_service_never_wrote() 
         .expect("HSET");
     let _: () = redis.expire(&key, 86_400).await.expect("EXPIRE");
     let platform_cells = platform_only_cells(&session, &keyspace, &device).await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    starts_and_stops(&env).await;
 
     let (code, stdout, stderr) =
         run_command(&["profile", "rebuild-redis"], &env, COMMAND_TIMEOUT).await;
