@@ -20,6 +20,8 @@ pub struct Metrics {
     pub profile_events_consumed: IntCounter,
     /// Devices written to both stores (after merging the events of a batch per device).
     pub profile_devices_upserted: IntCounter,
+    /// Device deletes (tombstones) acknowledged by both stores.
+    pub profile_devices_deleted: IntCounter,
     /// Events sent to the dead-letter topic, by reason kind.
     pub profile_events_dead_lettered: IntCounterVec,
     /// Unknown fields seen in device profile events (ignored, never an error).
@@ -68,6 +70,10 @@ impl Metrics {
             profile_devices_upserted: IntCounter::new(
                 "profile_devices_upserted_total",
                 "Device upserts acknowledged by both Redis and Cassandra",
+            )?,
+            profile_devices_deleted: IntCounter::new(
+                "profile_devices_deleted_total",
+                "Device deletes (Kafka tombstones) acknowledged by both Redis and Cassandra",
             )?,
             profile_events_dead_lettered: IntCounterVec::new(
                 Opts::new(
@@ -191,6 +197,7 @@ impl Metrics {
         vec![
             Box::new(self.profile_events_consumed.clone()),
             Box::new(self.profile_devices_upserted.clone()),
+            Box::new(self.profile_devices_deleted.clone()),
             Box::new(self.profile_events_dead_lettered.clone()),
             Box::new(self.profile_unknown_fields.clone()),
             Box::new(self.profile_events_dropped.clone()),

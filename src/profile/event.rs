@@ -48,9 +48,12 @@ pub enum Rejection {
         expected: &'static str,
         got: String,
     },
-    /// A record with a null value, as log-compacted topics use for deletes.
-    #[error("tombstone: a null value; deleting a device profile is not supported")]
-    Tombstone,
+    /// A record with a null value (a delete) but no key to name the device.
+    #[error("tombstone without a key: a delete needs the device_id as the record key")]
+    TombstoneWithoutKey,
+    /// A record with a null value whose key cannot be a device_id.
+    #[error("tombstone key is not a valid device_id: {0}")]
+    TombstoneKey(String),
     /// Its cells would win over every later event until that time comes.
     #[error(
         "{field} is {value}, more than {margin_secs} s ahead of the service's clock \
@@ -73,7 +76,8 @@ impl Rejection {
             Rejection::MissingDeviceId | Rejection::EmptyDeviceId => "missing_device_id",
             Rejection::DeviceIdTooLong { .. } => "device_id_too_long",
             Rejection::WrongType { .. } => "wrong_type",
-            Rejection::Tombstone => "tombstone",
+            Rejection::TombstoneWithoutKey => "tombstone_without_key",
+            Rejection::TombstoneKey(_) => "tombstone_bad_key",
             Rejection::AheadOfClock { .. } => "ahead_of_clock",
         }
     }
@@ -102,6 +106,20 @@ pub fn parse_event(value: &[u8], record_version: i64) -> Result<ProfileEvent, Re
         update,
         unknown_fields: object.len(),
     })
+}
+
+/// A tombstone (a record without a value): the delete of the device its key names, at
+/// `record_version` (the record timestamp).
+pub fn parse_tombstone(
+    key: Option<&[u8]>,
+    record_version: i64,
+) -> Result<ProfileUpdate, Rejection> {
+    let key = key.ok_or(Rejection::TombstoneWithoutKey)?;
+    let text = std::str::from_utf8(key)
+        .map_err(|_| Rejection::TombstoneKey("the key is not UTF-8".to_string()))?;
+    let device_id = valid_device_id(text)
+        .map_err(|rejection| Rejection::TombstoneKey(rejection.to_string()))?;
+    Ok(ProfileUpdate::delete(device_id, record_version))
 }
 
 /// One property of the event, read by its kind.
@@ -215,6 +233,11 @@ fn device_id(raw: Option<&RawValue>) -> Result<String, Rejection> {
         .filter(|raw| !is_null(raw))
         .ok_or(Rejection::MissingDeviceId)?;
     let text = as_string(raw).ok_or_else(|| wrong_type("device_id", "a string", raw))?;
+    valid_device_id(&text)
+}
+
+/// A device id as the stores key it: trimmed, not empty, at most [`MAX_DEVICE_ID_BYTES`].
+fn valid_device_id(text: &str) -> Result<String, Rejection> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(Rejection::EmptyDeviceId);

@@ -6,7 +6,8 @@
 //! update: a device yields one update per version that still wins a field (usually one).
 //! `first_access` and `last_contact` do not depend on versions and ride on the newest update;
 //! the earliest update that declared a state keeps its `user_declared_state`, because
-//! `user_declared_on` is its version.
+//! `user_declared_on` is its version. A delete removes every update of its device not newer
+//! than it, and goes first.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,8 +31,26 @@ pub fn merge(updates: impl IntoIterator<Item = ProfileUpdate>) -> Vec<ProfileUpd
     by_device.into_values().flat_map(merge_device).collect()
 }
 
-/// The updates of one device, merged.
+/// The updates of one device, merged: its newest delete first (when it has one), then what
+/// is newer than that delete, merged.
 fn merge_device(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
+    let (deletes, updates): (Vec<_>, Vec<_>) =
+        updates.into_iter().partition(|update| update.delete);
+    let Some(newest_delete) = deletes.into_iter().max_by_key(|delete| delete.version) else {
+        return merge_updates(updates);
+    };
+    // What is not newer than the delete is removed by it, whatever order they come in.
+    let deleted_at = newest_delete.version;
+    let newer = updates
+        .into_iter()
+        .filter(|update| update.version > deleted_at);
+    std::iter::once(newest_delete)
+        .chain(merge_updates(newer.collect()))
+        .collect()
+}
+
+/// Updates of one device (no delete), merged.
+fn merge_updates(updates: Vec<ProfileUpdate>) -> Vec<ProfileUpdate> {
     let mut by_version: BTreeMap<i64, ProfileUpdate> = BTreeMap::new();
     let mut version_free_winners = ProfileUpdate::default();
     let mut earliest_declaration: Option<(i64, String)> = None;

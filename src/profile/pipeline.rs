@@ -21,7 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::event::{check_not_ahead, parse_event, Rejection};
+use super::event::{check_not_ahead, parse_event, parse_tombstone, Rejection};
 use super::{merge, LastContactSink, ProfileUpdate};
 use crate::kafka::dead_letters::{self, DeadLetters};
 use crate::kafka::ingress::Ingress;
@@ -33,6 +33,7 @@ use crate::stores::{ProfileStores, StoreError};
 /// before it is still being written, so the stores are not left idle while one batch's slowest
 /// writes finish. Writes are order-independent, and offsets are stored per record
 /// ([`Ingress::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
+/// A batch holding a tombstone is the exception: it is written alone.
 const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Batching and retry knobs.
@@ -89,7 +90,18 @@ impl ProfilePipeline {
                 batch = self.consumer.next_batch(self.settings.max_batch),
                     if in_flight.len() < BATCHES_IN_FLIGHT =>
                 {
-                    in_flight.push(self.process_owned(batch, &shutdown));
+                    if batch.iter().any(|message| message.payload().is_none()) {
+                        // A delete starts a new life of its device, which its later writes
+                        // must know of (docs/architecture.md, "Deletes"): a batch of
+                        // tombstones is written alone, after the batches before it.
+                        while let Some((batch, processed)) = in_flight.next().await {
+                            self.finish(batch, processed);
+                        }
+                        let (batch, processed) = self.process_owned(batch, &shutdown).await;
+                        self.finish(batch, processed);
+                    } else {
+                        in_flight.push(self.process_owned(batch, &shutdown));
+                    }
                 }
             }
         }
@@ -176,19 +188,20 @@ impl ProfilePipeline {
                 .to_millis()
                 .unwrap_or_else(|| now.timestamp_millis());
             let parsed = match message.payload() {
-                None => Err(Rejection::Tombstone),
-                Some(value) => parse_event(value, record_version).and_then(|event| {
-                    check_not_ahead(&event.update, now, self.settings.max_future)?;
-                    Ok(event)
-                }),
-            };
-            match parsed {
-                Ok(event) => {
+                None => parse_tombstone(message.key(), record_version),
+                Some(value) => parse_event(value, record_version).map(|event| {
                     self.metrics
                         .profile_unknown_fields
                         .inc_by(event.unknown_fields as u64);
-                    accepted.push((message, event.update));
-                }
+                    event.update
+                }),
+            };
+            let checked = parsed.and_then(|update| {
+                check_not_ahead(&update, now, self.settings.max_future)?;
+                Ok(update)
+            });
+            match checked {
+                Ok(update) => accepted.push((message, update)),
                 Err(rejection) => rejects.push((message, rejection)),
             }
         }

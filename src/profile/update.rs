@@ -89,9 +89,22 @@ pub struct ProfileUpdate {
     /// The update carries a `user_declared_state` copied from a store that holds no
     /// `user_declared_on` for it (another writer's row): it declares no date.
     pub undated_declaration: bool,
+    /// A delete (a Kafka tombstone): the device's fields of versions up to `version` are
+    /// removed from both stores; it carries no field.
+    pub delete: bool,
 }
 
 impl ProfileUpdate {
+    /// The delete of `device_id` at `version` (CONTRACT.md §3, "Deletes").
+    pub fn delete(device_id: String, version: i64) -> Self {
+        ProfileUpdate {
+            device_id,
+            version,
+            delete: true,
+            ..ProfileUpdate::default()
+        }
+    }
+
     /// `user_declared_on` is the version of the earliest update that declared a state.
     pub fn user_declared_on(&self) -> Option<i64> {
         (self.text.contains_key(&TextField::UserDeclaredState) && !self.undated_declaration)

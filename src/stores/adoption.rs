@@ -10,26 +10,24 @@
 //!   even a later one.
 //!
 //! After that the device's cells are the service's own and no write of it reads anything.
-//! Which devices an instance has met is kept in memory ([`MetDevices`]); forgetting one is
-//! always safe (its row is read once more, and the read finds nothing to fold).
+//! Which devices an instance has met is kept for at most 10 minutes ([`Remembered`]); forgetting
+//! one is always safe (its row is read once more, and the read finds nothing to fold).
 //! docs/architecture.md, "Taking over an existing deployment", says what this costs and what
 //! it gets wrong.
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::cassandra::{smallest_wins_timestamp, Folds};
+use super::cassandra::{Folds, ProfileWriter};
+use super::lives::Life;
+use super::remembered::Remembered;
 use super::scan::ProfileScan;
 use super::stored_profile::StoredProfile;
 use super::{CassandraStore, StoreError};
 use crate::profile::fields::{Field, MergeRule, FIELDS};
 use crate::profile::ProfileUpdate;
-use crate::sync;
-
-/// Devices one generation of [`MetDevices`] holds (about 50 bytes each).
-const MAX_MET_DEVICES: usize = 250_000;
 
 /// What the rows of the devices met for the first time add to a write.
 #[derive(Debug, Default)]
@@ -37,16 +35,17 @@ pub struct FirstMeetings {
     /// The rows' values as updates at their cells' write times, for Redis (Cassandra holds
     /// them already). `last_contact` is left out: Cassandra keeps no text of it.
     pub priors: Vec<ProfileUpdate>,
-    /// The smallest-wins cells to write again in today's encoding.
+    /// The value-ordered cells to write again in today's encoding.
     pub folds: Folds,
     /// Every device read, to be remembered once the write succeeded.
     pub devices: Vec<String>,
+    /// When the reads began.
+    pub began: Option<Instant>,
 }
 
 pub struct Adoption {
     scan: ProfileScan,
-    met: MetDevices,
-    smallest_wins_base: i64,
+    met: Remembered<()>,
     reads_in_flight: usize,
 }
 
@@ -57,24 +56,30 @@ impl Adoption {
     ) -> Result<Self, StoreError> {
         Ok(Adoption {
             scan: ProfileScan::prepare(store).await?,
-            met: MetDevices::default(),
-            smallest_wins_base: store.smallest_wins_base(),
+            met: Remembered::default(),
             reads_in_flight,
         })
     }
 
-    /// The devices of `updates` this instance has not met yet.
+    /// The devices of `updates` this instance has not met lately.
     pub fn unmet<'a>(&self, updates: &'a [ProfileUpdate]) -> BTreeSet<&'a str> {
+        let now = Instant::now();
         updates
             .iter()
             .map(|update| update.device_id.as_str())
-            .filter(|device_id| !self.met.contains(device_id))
+            .filter(|device_id| self.met.get(device_id, now).is_none())
             .collect()
     }
 
-    /// Reads the rows of devices not met yet ([`Self::unmet`]).
-    pub async fn meet(&self, unmet: BTreeSet<&str>) -> Result<FirstMeetings, StoreError> {
-        let mut meetings = FirstMeetings::default();
+    /// Reads the rows of devices not met lately ([`Self::unmet`]), and their lives from the
+    /// writer that places their cells.
+    pub async fn meet(
+        &self,
+        unmet: BTreeSet<&str>,
+        writer: &ProfileWriter,
+    ) -> Result<FirstMeetings, StoreError> {
+        let began = Instant::now();
+        let lives = writer.lives(unmet.iter().copied()).await?;
         let reads: Vec<_> = unmet
             .into_iter()
             .map(|device_id| async move { (device_id, self.scan.read(device_id).await) })
@@ -83,9 +88,13 @@ impl Adoption {
             .buffer_unordered(self.reads_in_flight)
             .collect()
             .await;
+        let mut meetings = FirstMeetings {
+            began: Some(began),
+            ..FirstMeetings::default()
+        };
         for (device_id, row) in rows {
-            if let Some(profile) = row? {
-                let folds = foreign_smallest_cells(&profile, self.smallest_wins_base);
+            if let (Some(profile), Some(life)) = (row?, lives.get(device_id)) {
+                let folds = foreign_value_cells(&profile, life);
                 if !folds.is_empty() {
                     meetings.folds.insert(device_id.to_string(), folds);
                 }
@@ -97,31 +106,36 @@ impl Adoption {
     }
 
     /// Remembers devices whose first write both stores acknowledged.
-    pub fn remember<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>) {
+    pub fn remember<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>, began: Instant) {
         for device_id in device_ids {
-            self.met.insert(device_id);
+            self.met.insert(device_id, (), began);
         }
     }
 }
 
-/// The smallest-wins values of a row whose cells are not where today's encoding puts them.
-fn foreign_smallest_cells(profile: &StoredProfile, smallest_wins_base: i64) -> Vec<(Field, i64)> {
+/// The value-ordered values of a row whose cells are not where today's encoding puts them in
+/// the device's life.
+fn foreign_value_cells(profile: &StoredProfile, life: &Life) -> Vec<(Field, i64)> {
     FIELDS
         .iter()
-        .filter(|spec| {
-            matches!(
-                spec.rule,
-                MergeRule::Smallest | MergeRule::EarliestDeclaration
-            )
-        })
         .filter_map(|spec| {
-            let value = profile
-                .fields
-                .get(&spec.field)?
-                .value
-                .clone()
-                .into_number()?;
-            let ours = smallest_wins_timestamp(smallest_wins_base, value);
+            let value = profile.fields.get(&spec.field)?.value.clone();
+            let value = match value.into_last_contact() {
+                Some(contact) => contact.at.timestamp_millis(),
+                None => profile
+                    .fields
+                    .get(&spec.field)?
+                    .value
+                    .clone()
+                    .into_number()?,
+            };
+            let ours = match spec.rule {
+                MergeRule::Smallest | MergeRule::EarliestDeclaration => {
+                    life.smallest_wins_timestamp(value)
+                }
+                MergeRule::LatestInstant => life.latest_wins_timestamp(value),
+                MergeRule::NewestVersion | MergeRule::UpdateVersion => return None,
+            };
             (profile.writetimes.get(&spec.field) != Some(&ours)).then_some((spec.field, value))
         })
         .collect()
@@ -136,39 +150,6 @@ fn priors(profile: &StoredProfile) -> Vec<ProfileUpdate> {
     updates
 }
 
-/// The devices an instance has met, in two generations of at most [`MAX_MET_DEVICES`]: a
-/// full current generation becomes the previous one, and a device found in the previous one
-/// moves back into the current one, so the devices that keep sending stay remembered.
-#[derive(Default)]
-struct MetDevices {
-    generations: Mutex<[HashSet<Box<str>>; 2]>,
-}
-
-impl MetDevices {
-    fn contains(&self, device_id: &str) -> bool {
-        let mut generations = sync::lock(&self.generations);
-        if generations[0].contains(device_id) {
-            return true;
-        }
-        if generations[1].remove(device_id) {
-            Self::add(&mut generations, device_id);
-            return true;
-        }
-        false
-    }
-
-    fn insert(&self, device_id: &str) {
-        Self::add(&mut sync::lock(&self.generations), device_id);
-    }
-
-    fn add(generations: &mut [HashSet<Box<str>>; 2], device_id: &str) {
-        if generations[0].len() >= MAX_MET_DEVICES {
-            generations[1] = std::mem::take(&mut generations[0]);
-        }
-        generations[0].insert(device_id.into());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
@@ -179,7 +160,10 @@ mod tests {
     use crate::profile::TextField;
     use crate::stores::stored_profile::StoredField;
 
-    const BASE: i64 = 1_800_000_000_000_000;
+    const LIFE: Life = Life {
+        deleted_at: None,
+        base: 1_800_000_000_000_000,
+    };
 
     fn row(first_access: i64, first_access_written_at: i64) -> StoredProfile {
         let city = StoredField {
@@ -210,17 +194,17 @@ mod tests {
         // The platform's plain INSERT: the cell's write time is when it was written.
         let foreign = row(value, 1_700_000_000_123_456);
         assert_eq!(
-            foreign_smallest_cells(&foreign, BASE),
+            foreign_value_cells(&foreign, &LIFE),
             [(Field::FirstAccess, value)]
         );
         // This service's earlier encoding, `-value`.
         let earlier_build = row(value, -value);
         assert_eq!(
-            foreign_smallest_cells(&earlier_build, BASE),
+            foreign_value_cells(&earlier_build, &LIFE),
             [(Field::FirstAccess, value)]
         );
-        let ours = row(value, smallest_wins_timestamp(BASE, value));
-        assert!(foreign_smallest_cells(&ours, BASE).is_empty());
+        let ours = row(value, LIFE.smallest_wins_timestamp(value));
+        assert!(foreign_value_cells(&ours, &LIFE).is_empty());
     }
 
     #[test]
@@ -231,24 +215,5 @@ mod tests {
         assert_eq!(priors[0].text[&TextField::City], "Pune");
         assert_eq!(priors[0].first_access, Some(1_600_000_000_000));
         assert!(priors[0].last_contact.is_none());
-    }
-
-    #[test]
-    fn a_met_device_seen_again_stays_remembered_across_generations() {
-        let met = MetDevices::default();
-        met.insert("old");
-        for i in 0..MAX_MET_DEVICES {
-            met.insert(&format!("d{i}"));
-        }
-        // "old" is in the previous generation now; finding it moves it back.
-        assert!(met.contains("old"));
-        for i in 0..MAX_MET_DEVICES {
-            met.insert(&format!("e{i}"));
-        }
-        assert!(met.contains("old"));
-        assert!(
-            !met.contains("d0"),
-            "two generations on, an idle device is forgotten"
-        );
     }
 }

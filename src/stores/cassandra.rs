@@ -27,11 +27,13 @@ use uuid::Uuid;
 use super::acknowledged::{AcknowledgedCells, CellOrder, Cells};
 use super::batches::replica_batches;
 use super::error::execution_is_transient;
-use super::schema::{ensure_schema, schema_in_place, SchemaRights, TABLE};
+use super::lives::{Deletion, Life};
+use super::remembered::Remembered;
+use super::schema::{ensure_schema, schema_in_place, SchemaRights, DELETES_TABLE, TABLE};
 use super::{CassandraCause, StoreError};
 use crate::config::{CassandraTls, StoreSettings};
 use crate::observe::http::ReadinessCheck;
-use crate::profile::fields::{smallest_wins_step, Field, FieldSpec, FieldValue, MergeRule, FIELDS};
+use crate::profile::fields::{Field, FieldSpec, FieldValue, MergeRule, FIELDS};
 use crate::profile::ProfileUpdate;
 
 pub use super::schema::DEVICE_PROFILE_CQL;
@@ -165,12 +167,15 @@ pub struct ProfileWriter {
     /// Lets a write leave out the value-timestamped cells Cassandra already holds, which
     /// usually leaves one statement instead of a batch of two.
     acknowledged: Arc<AcknowledgedCells<OWN_TIMESTAMP_COLUMNS>>,
-    smallest_wins_base: i64,
+    /// The life of a device never deleted.
+    undeleted: Life,
+    /// The devices' lives ([`Life`]) as last read or written.
+    lives: Arc<Remembered<Life>>,
 }
 
-/// Smallest-wins values Cassandra holds in another encoding than today's (another writer's
-/// cells, this service's earlier ones), per device: written again in today's along with the
-/// device's updates, so that they keep taking part in the rule (`stores::adoption`).
+/// Value-ordered cells (epoch ms) Cassandra holds in another encoding than today's (another
+/// writer's cells, this service's earlier ones), per device: written again in today's along
+/// with the device's updates, so that they keep taking part in their rule (`stores::adoption`).
 pub type Folds = BTreeMap<String, Vec<(Field, i64)>>;
 
 /// The statements of the write path, prepared once.
@@ -183,6 +188,15 @@ struct ProfileStatements {
     /// [`own_timestamp_fields`], by slot: its timestamp comes from its value, so it needs a
     /// statement of its own.
     own_timestamp: Vec<PreparedStatement>,
+    /// `DELETE FROM … USING TIMESTAMP ? WHERE device_id = ?`: the row up to a delete.
+    delete_row: PreparedStatement,
+    /// `DELETE first_access, user_declared_on, last_contact FROM … USING TIMESTAMP ? WHERE …`:
+    /// the value-ordered columns of a life.
+    delete_value_columns: PreparedStatement,
+    /// `INSERT INTO device_profile_deletes … USING TIMESTAMP ?`: the newest delete and life.
+    record_delete: PreparedStatement,
+    /// `SELECT deleted_at, life_base FROM device_profile_deletes WHERE device_id = ?`.
+    read_life: PreparedStatement,
 }
 
 /// Whether a rule's cell timestamp is the update's version, shared by all such columns.
@@ -240,16 +254,101 @@ impl ProfileWriter {
             })?;
             own_timestamp.push(prepared);
         }
+        let value_columns: Vec<&str> = own_timestamp_fields().map(|spec| spec.column).collect();
+        let deletes = format!("{}.{DELETES_TABLE}", store.keyspace);
+        let prepare = |cql: String| async move {
+            store
+                .session
+                .prepare(cql)
+                .await
+                .map_err(|e| StoreError::cassandra("cannot prepare the deletes", e))
+        };
+        let statements = ProfileStatements {
+            versioned,
+            own_timestamp,
+            delete_row: prepare(format!(
+                "DELETE FROM {table} USING TIMESTAMP ? WHERE device_id = ?"
+            ))
+            .await?,
+            delete_value_columns: prepare(format!(
+                "DELETE {} FROM {table} USING TIMESTAMP ? WHERE device_id = ?",
+                value_columns.join(", ")
+            ))
+            .await?,
+            record_delete: prepare(format!(
+                "INSERT INTO {deletes} (device_id, deleted_at, life_base) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            read_life: prepare(format!(
+                "SELECT deleted_at, life_base FROM {deletes} WHERE device_id = ?"
+            ))
+            .await?,
+        };
         Ok(ProfileWriter {
             session: store.session.clone(),
             keyspace: store.keyspace.clone(),
             writes_in_flight: store.writes_in_flight,
-            statements: Arc::new(ProfileStatements {
-                versioned,
-                own_timestamp,
-            }),
+            statements: Arc::new(statements),
             acknowledged: Arc::default(),
-            smallest_wins_base: store.smallest_wins_base,
+            undeleted: Life::undeleted(store.smallest_wins_base),
+            lives: Arc::default(),
+        })
+    }
+
+    /// The lives of `device_ids`: as remembered, else read (concurrently) and remembered.
+    pub async fn lives<'a>(
+        &self,
+        device_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<BTreeMap<&'a str, Life>, StoreError> {
+        let began = Instant::now();
+        let mut lives = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for device_id in device_ids {
+            match self.lives.get(device_id, began) {
+                Some(life) => {
+                    lives.insert(device_id, life);
+                }
+                None => unknown.push(device_id),
+            }
+        }
+        let reads: Vec<_> = unknown
+            .into_iter()
+            .map(|device_id| async move { (device_id, self.read_life(device_id).await) })
+            .collect();
+        let read: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(self.writes_in_flight)
+            .collect()
+            .await;
+        for (device_id, life) in read {
+            let life = life?;
+            self.lives.insert(device_id, life, began);
+            lives.insert(device_id, life);
+        }
+        Ok(lives)
+    }
+
+    async fn read_life(&self, device_id: &str) -> Result<Life, StoreError> {
+        let failed =
+            |e: CassandraCause| StoreError::cassandra("cannot read device_profile_deletes", e);
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.read_life, (device_id,))
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let rows = result.into_rows_result().map_err(|e| failed(e.into()))?;
+        let row = rows
+            .rows::<(Option<CqlTimestamp>, Option<i64>)>()
+            .map_err(|e| failed(e.into()))?
+            .next()
+            .transpose()
+            .map_err(|e| failed(e.into()))?;
+        Ok(match row {
+            Some((Some(deleted_at), Some(base))) => Life {
+                deleted_at: Some(deleted_at.0),
+                base,
+            },
+            _ => self.undeleted,
         })
     }
 
@@ -267,14 +366,21 @@ impl ProfileWriter {
         folds: &Folds,
     ) -> Result<Refusals, StoreError> {
         let began = Instant::now();
+        let now_micros = chrono::Utc::now().timestamp_micros();
         let mut by_device: BTreeMap<&str, Vec<&ProfileUpdate>> = BTreeMap::new();
         for update in updates {
             by_device.entry(&update.device_id).or_default().push(update);
         }
+        let lives = self.lives(by_device.keys().copied()).await?;
         let mut devices = Vec::with_capacity(by_device.len());
+        let mut refused = Vec::new();
         for (device_id, updates) in by_device {
             let folded = folds.get(device_id).map(Vec::as_slice).unwrap_or_default();
-            devices.push(self.device_write(device_id, updates, folded, began)?);
+            let life = lives.get(device_id).copied().unwrap_or(self.undeleted);
+            match self.device_write(device_id, updates, folded, life, now_micros, began) {
+                Ok(device) => devices.push(device),
+                Err(error) => refused.push((device_id, Err(error))),
+            }
         }
         let cluster = self.session.get_cluster_state();
         let batches = replica_batches(
@@ -292,30 +398,41 @@ impl ProfileWriter {
             .buffer_unordered(self.writes_in_flight)
             .collect()
             .await;
-        refusals(written.into_iter().flatten())
+        refusals(written.into_iter().flatten().chain(refused))
     }
 
-    /// Every statement of one device's updates and folds, less the cells Cassandra already
-    /// holds.
+    /// Every statement of one device's updates (its delete first: `merge` puts it there) and
+    /// folds, less the cells Cassandra already holds; an error when a delete cannot be written.
     fn device_write<'a>(
         &'a self,
         device_id: &'a str,
         updates: Vec<&'a ProfileUpdate>,
         folds: &[(Field, i64)],
+        mut life: Life,
+        now_micros: i64,
         began: Instant,
     ) -> Result<DeviceWrite<'a>, StoreError> {
+        let mut statements = Vec::new();
+        let mut life_after = None;
+        for delete in updates.iter().filter(|update| update.delete) {
+            let deletion = life.delete(delete.version, now_micros).map_err(|why| {
+                StoreError::cassandra("cannot delete", CassandraCause::Unwritable(why))
+            })?;
+            statements.extend(self.deletion_statements(device_id, delete.version, &deletion));
+            life = deletion.life;
+            life_after = Some(life);
+        }
         let held = self.acknowledged.held(device_id, began);
-        let base = self.smallest_wins_base;
         let writes = updates
             .into_iter()
-            .flat_map(|update| profile_writes(update, base))
+            .filter(|update| !update.delete && !life.removes(update.version))
+            .flat_map(|update| profile_writes(update, &life))
             .chain(
                 folds
                     .iter()
-                    .filter_map(|&(field, value)| fold_write(field, value, base)),
+                    .filter_map(|&(field, value)| fold_write(field, value, &life)),
             );
         let (writes, written) = unheld_writes(writes, &held);
-        let mut statements = Vec::with_capacity(writes.len());
         for write in writes {
             statements.push(match write {
                 ProfileWrite::Versioned { timestamp, values } => (
@@ -341,8 +458,42 @@ impl ProfileWriter {
             device_id,
             statements,
             written,
+            life_after,
             bytes,
         })
+    }
+
+    /// A delete's statements: the row tombstone at its version; when it starts a new life, the
+    /// deletion of the value-ordered columns of the last one and the record of the new one.
+    fn deletion_statements<'a>(
+        &'a self,
+        device_id: &'a str,
+        version: i64,
+        deletion: &Deletion,
+    ) -> Vec<(&'a PreparedStatement, StatementRow<'a>)> {
+        let key = || MaybeUnset::Set(ColumnValue::Text(Cow::Borrowed(device_id)));
+        let number = |value: i64| MaybeUnset::Set(ColumnValue::BigInt(value));
+        let mut statements = vec![(
+            &self.statements.delete_row,
+            vec![number(deletion.row_at), key()],
+        )];
+        if let Some(at) = deletion.value_columns_at {
+            statements.push((
+                &self.statements.delete_value_columns,
+                vec![number(at), key()],
+            ));
+            let deleted_at = MaybeUnset::Set(ColumnValue::Timestamp(CqlTimestamp(version)));
+            statements.push((
+                &self.statements.record_delete,
+                vec![
+                    key(),
+                    deleted_at,
+                    number(deletion.life.base),
+                    number(deletion.row_at),
+                ],
+            ));
+        }
+        statements
     }
 
     /// The nodes (and shards) that own the device's partition, as the driver's token-aware
@@ -396,7 +547,10 @@ impl ProfileWriter {
     ) -> (&'a str, Result<(), StoreError>) {
         let outcome = outcome.map(|()| {
             self.acknowledged
-                .acknowledged(device.device_id, &device.written, began)
+                .acknowledged(device.device_id, &device.written, began);
+            if let Some(life) = device.life_after {
+                self.lives.insert(device.device_id, life, began);
+            }
         });
         (
             device.device_id,
@@ -431,6 +585,8 @@ struct DeviceWrite<'a> {
     statements: Vec<(&'a PreparedStatement, StatementRow<'a>)>,
     /// The newest value-timestamped cell written per slot, remembered once acknowledged.
     written: Cells<OWN_TIMESTAMP_COLUMNS>,
+    /// The life a delete of the write starts, remembered once acknowledged.
+    life_after: Option<Life>,
     /// [`row_bytes`] of its statements.
     bytes: usize,
 }
@@ -539,7 +695,7 @@ fn unheld_writes<'a>(
 }
 
 /// The statements of one update: one for the versioned columns, one per other column carried.
-fn profile_writes(update: &ProfileUpdate, smallest_wins_base: i64) -> Vec<ProfileWrite<'_>> {
+fn profile_writes<'a>(update: &'a ProfileUpdate, life: &Life) -> Vec<ProfileWrite<'a>> {
     let values: Vec<Option<ColumnValue<'_>>> = versioned_fields()
         .map(|spec| update.value(spec.field).map(ColumnValue::from))
         .collect();
@@ -558,12 +714,7 @@ fn profile_writes(update: &ProfileUpdate, smallest_wins_base: i64) -> Vec<Profil
                 Some(ProfileWrite::Column(Cell {
                     column: spec.column,
                     slot,
-                    timestamp: cell_timestamp(
-                        spec.rule,
-                        update.version,
-                        &value,
-                        smallest_wins_base,
-                    ),
+                    timestamp: cell_timestamp(spec.rule, update.version, &value, life),
                     value: ColumnValue::from(value),
                 }))
             }),
@@ -571,28 +722,25 @@ fn profile_writes(update: &ProfileUpdate, smallest_wins_base: i64) -> Vec<Profil
     writes
 }
 
-/// The statement writing `value` again into the smallest-wins column of `field`, in today's
-/// encoding; `None` for a field of another rule.
-fn fold_write(
-    field: Field,
-    value_ms: i64,
-    smallest_wins_base: i64,
-) -> Option<ProfileWrite<'static>> {
+/// The statement writing `value` (epoch ms) again into the value-ordered column of `field`, in
+/// today's encoding; `None` for a field of another rule.
+fn fold_write(field: Field, value_ms: i64, life: &Life) -> Option<ProfileWrite<'static>> {
     let (slot, spec) = own_timestamp_fields()
         .enumerate()
         .find(|(_, spec)| spec.field == field)?;
-    matches!(
-        spec.rule,
-        MergeRule::Smallest | MergeRule::EarliestDeclaration
-    )
-    .then(|| {
-        ProfileWrite::Column(Cell {
-            column: spec.column,
-            slot,
-            timestamp: smallest_wins_timestamp(smallest_wins_base, value_ms),
-            value: ColumnValue::Timestamp(CqlTimestamp(value_ms)),
-        })
-    })
+    let timestamp = match spec.rule {
+        MergeRule::Smallest | MergeRule::EarliestDeclaration => {
+            life.smallest_wins_timestamp(value_ms)
+        }
+        MergeRule::LatestInstant => life.latest_wins_timestamp(value_ms),
+        MergeRule::NewestVersion | MergeRule::UpdateVersion => return None,
+    };
+    Some(ProfileWrite::Column(Cell {
+        column: spec.column,
+        slot,
+        timestamp,
+        value: ColumnValue::Timestamp(CqlTimestamp(value_ms)),
+    }))
 }
 
 /// Cell timestamp of "the highest version wins": the version in microseconds.
@@ -600,30 +748,20 @@ fn newest_wins(version_ms: i64) -> i64 {
     version_ms.saturating_mul(1000)
 }
 
-/// Cell timestamp of "the smallest value wins": the deployment's base less the value's step
-/// ([`smallest_wins_step`]), so smaller values get later timestamps, every one of them above
-/// any write made before the adoption and less than a day ahead of it (ScyllaDB's
-/// `restrict_future_timestamp` and Cassandra's `maximum_timestamp_fail_threshold` refuse
-/// timestamps a few days ahead). Values of one step tie, and Cassandra keeps the greater:
+/// The cell timestamp that makes Cassandra's last-write-wins apply `rule`: the version for the
+/// newest-wins columns, a place in the device's life ([`Life`]) for the value-ordered ones:
+/// smaller `first_access` / `user_declared_on` values and later `last_contact` instants later.
+/// Values of one 64 ms step tie, and Cassandra keeps the greater:
 /// [`smallest_wins_order`](crate::profile::fields::smallest_wins_order), which Redis follows
 /// too (docs/architecture.md, "Taking over an existing deployment").
-pub fn smallest_wins_timestamp(smallest_wins_base: i64, value_ms: i64) -> i64 {
-    smallest_wins_base - smallest_wins_step(value_ms)
-}
-
-fn cell_timestamp(
-    rule: MergeRule,
-    version_ms: i64,
-    value: &FieldValue<'_>,
-    smallest_wins_base: i64,
-) -> i64 {
+fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>, life: &Life) -> i64 {
     match (rule, value) {
         (MergeRule::NewestVersion | MergeRule::UpdateVersion, _) => newest_wins(version_ms),
         (MergeRule::Smallest | MergeRule::EarliestDeclaration, FieldValue::Timestamp(ms)) => {
-            smallest_wins_timestamp(smallest_wins_base, *ms)
+            life.smallest_wins_timestamp(*ms)
         }
         (MergeRule::LatestInstant, FieldValue::LastContact(contact)) => {
-            contact.at.timestamp_micros()
+            life.latest_wins_timestamp(contact.at.timestamp_millis())
         }
         // A rule on a value it cannot order: the table's tests rule this out.
         (MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant, _) => {
@@ -705,9 +843,13 @@ mod tests {
 
     /// A deployment's smallest-wins base.
     const BASE: i64 = 1_800_000_000_000_000;
+    const LIFE: Life = Life {
+        deleted_at: None,
+        base: BASE,
+    };
 
     fn writes_of(update: &ProfileUpdate) -> Vec<ProfileWrite<'_>> {
-        profile_writes(update, BASE)
+        profile_writes(update, &LIFE)
     }
 
     fn cell_of<'a, 'b>(cells: &'a [Cell<'b>], column: &str) -> &'a Cell<'b> {
@@ -785,7 +927,10 @@ mod tests {
             BASE - update.version / 64
         );
         let contact = cell_of(&cells, "last_contact");
-        assert_eq!(contact.timestamp, 1_604_584_627_123_456);
+        assert_eq!(
+            contact.timestamp,
+            LIFE.latest_wins_timestamp(1_604_584_627_123)
+        );
         assert_eq!(
             contact.value,
             ColumnValue::Timestamp(CqlTimestamp(1_604_584_627_123))
@@ -864,7 +1009,7 @@ mod tests {
             );
             // A deployment adopted just now: its base lies furthest ahead of the clock.
             let adopted = now.timestamp_micros();
-            for cell in written_cells(profile_writes(&update, adopted + BASE_AHEAD_MICROS)) {
+            for cell in written_cells(profile_writes(&update, &Life::undeleted(adopted + BASE_AHEAD_MICROS))) {
                 proptest::prop_assert!(
                     cell.timestamp <= limit.timestamp_micros(),
                     "{} at {} is past {limit}", cell.column, cell.timestamp
@@ -919,11 +1064,11 @@ mod tests {
         let (writes, written) = unheld_writes(writes_of(&update), &[None; OWN_TIMESTAMP_COLUMNS]);
         assert_eq!(columns(&writes), ["first_access", "user_declared_on"]);
         let first_access = (
-            smallest_wins_timestamp(BASE, FIRST_ACCESS),
+            LIFE.smallest_wins_timestamp(FIRST_ACCESS),
             FIRST_ACCESS as u64,
         );
         let declared_on = (
-            smallest_wins_timestamp(BASE, update.version),
+            LIFE.smallest_wins_timestamp(update.version),
             update.version as u64,
         );
         assert_eq!(written, [Some(first_access), Some(declared_on), None]);
@@ -950,11 +1095,11 @@ mod tests {
 
     #[test]
     fn an_earlier_first_access_gets_the_later_cell_timestamp() {
-        assert!(smallest_wins_timestamp(BASE, 1_000) > smallest_wins_timestamp(BASE, 2_000));
+        assert!(LIFE.smallest_wins_timestamp(1_000) > LIFE.smallest_wins_timestamp(2_000));
         // Within one 64 ms step the values tie, and Cassandra keeps the greater.
         assert_eq!(
-            smallest_wins_timestamp(BASE, 1_024),
-            smallest_wins_timestamp(BASE, 1_087)
+            LIFE.smallest_wins_timestamp(1_024),
+            LIFE.smallest_wins_timestamp(1_087)
         );
         assert!(newest_wins(2_000) > newest_wins(1_000));
     }

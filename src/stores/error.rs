@@ -51,6 +51,9 @@ pub enum CassandraCause {
     /// missing that it may not add): what is wrong and what to do.
     #[error("{0}")]
     Schema(String),
+    /// A write the service will not make as it is (why, and what to do).
+    #[error("{0}")]
+    Unwritable(String),
     /// A write of a column the service prepared no statement for: a bug, never retried.
     #[error("no prepared update for column {0}")]
     UnpreparedColumn(&'static str),
@@ -144,6 +147,7 @@ impl CassandraCause {
             CassandraCause::SchemaAgreement(error) => schema_agreement_is_transient(error),
             CassandraCause::Tls(_)
             | CassandraCause::Schema(_)
+            | CassandraCause::Unwritable(_)
             | CassandraCause::UnpreparedColumn(_)
             | CassandraCause::IntoRows(_)
             | CassandraCause::Rows(_)

@@ -41,7 +41,8 @@ impl ProfileStores {
     /// device's last_contact as stored after the write (the max rule, read back from the Redis
     /// script's result), or the refusal of a store that will refuse that update every time
     /// (`StoreError::is_transient` is false). Any transient failure fails the whole call;
-    /// writes are idempotent, so it may simply be repeated.
+    /// writes are idempotent, so it may simply be repeated. A delete (`ProfileUpdate::delete`)
+    /// goes before the device's updates of the call in both stores.
     ///
     /// The first write of a device this instance has not met reads its row first
     /// (`stores::adoption`): Redis gets the row's values at their write times before the
@@ -51,7 +52,7 @@ impl ProfileStores {
         let meetings = if unmet.is_empty() {
             FirstMeetings::default()
         } else {
-            let reads = self.adoption.meet(unmet);
+            let reads = self.adoption.meet(unmet, &self.cassandra);
             self.metrics
                 .timed_store_request("cassandra", "first_read", reads)
                 .await?
@@ -84,17 +85,20 @@ impl ProfileStores {
             .filter(|(_, outcome)| outcome.is_err())
             .map(|(update, _)| update.device_id.as_str())
             .collect();
-        self.adoption.remember(
-            meetings
-                .devices
-                .iter()
-                .map(String::as_str)
-                .filter(|device_id| !refused.contains(device_id)),
-        );
-        let upserted = stored.iter().filter(|outcome| outcome.is_ok()).count();
-        self.metrics
-            .profile_devices_upserted
-            .inc_by(upserted as u64);
+        if let Some(began) = meetings.began {
+            let written = meetings.devices.iter().map(String::as_str);
+            self.adoption.remember(
+                written.filter(|device_id| !refused.contains(device_id)),
+                began,
+            );
+        }
+        for (update, outcome) in updates.iter().zip(&stored) {
+            match (update.delete, outcome.is_ok()) {
+                (true, true) => self.metrics.profile_devices_deleted.inc(),
+                (false, true) => self.metrics.profile_devices_upserted.inc(),
+                (_, false) => {}
+            }
+        }
         Ok(stored)
     }
 

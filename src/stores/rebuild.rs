@@ -2,7 +2,8 @@
 //! `device_profile`. Each row becomes the updates that would have produced it
 //! ([`StoredProfile::updates`]), written through the service's own Redis upsert: a field
 //! already newer in Redis (an event the running service wrote meanwhile) stays, an older one is
-//! replaced, so the rebuild may run beside the service and loses no event.
+//! replaced, so the rebuild may run beside the service and loses no event. The deletes go first
+//! (`device_profile_deletes`): Redis then remembers each one, and brings back nothing older.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -56,6 +57,15 @@ pub async fn rebuild(
 ) -> Result<BTreeMap<String, StoreError>, StoreError> {
     let refused = Mutex::new(BTreeMap::new());
     let refused_so_far = &refused;
+    scan.for_each_delete_page(|deletes| async move {
+        for (delete, outcome) in deletes.iter().zip(redis.upsert(&deletes).await?) {
+            if let Err(error) = outcome {
+                sync::lock(refused_so_far).insert(delete.device_id.clone(), error);
+            }
+        }
+        Ok(())
+    })
+    .await?;
     scan.for_each_page(scanned, |page| async move {
         let updates: Vec<_> = page.iter().flat_map(|profile| profile.updates()).collect();
         let outcomes = redis.upsert(&updates).await?;

@@ -295,31 +295,35 @@ pub fn versions_key(device_key: &str) -> String {
     format!("versions:{}", same_slot_name(device_key))
 }
 
-/// Writes device profiles into Redis with the upsert script, loaded once and invoked by its
-/// SHA in one pipeline per batch.
+/// Writes device profiles into Redis with the upsert and delete scripts, loaded once and
+/// invoked by their SHA in one pipeline per batch.
 #[derive(Clone)]
 pub struct ProfileWriter {
     store: RedisStore,
-    script: Script,
+    upsert_script: Script,
+    delete_script: Script,
 }
 
+/// The orders both scripts use, loaded in front of each.
+const ORDER_LUA: &str = include_str!("profile_order.lua");
+
 impl ProfileWriter {
-    /// Loads the script on the server so that pipelines can call it by SHA.
+    /// Loads the scripts on the server so that pipelines can call them by SHA.
     pub async fn load(store: RedisStore) -> Result<Self, StoreError> {
         let writer = ProfileWriter {
             store,
-            script: Script::new(include_str!("profile_upsert.lua")),
+            upsert_script: Script::new(&[ORDER_LUA, include_str!("profile_upsert.lua")].concat()),
+            delete_script: Script::new(&[ORDER_LUA, include_str!("profile_delete.lua")].concat()),
         };
-        writer.load_script().await?;
+        writer.load_scripts().await?;
         Ok(writer)
     }
 
-    async fn load_script(&self) -> Result<(), StoreError> {
+    async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut connection = self.store.connection();
-        self.script
-            .prepare_invoke()
-            .load_async(&mut connection)
-            .await?;
+        for script in [&self.upsert_script, &self.delete_script] {
+            script.prepare_invoke().load_async(&mut connection).await?;
+        }
         Ok(())
     }
 
@@ -334,15 +338,15 @@ impl ProfileWriter {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut answers = self.run_pipeline(updates).await?;
-        // A restarted or flushed server forgot the script: load it again and repeat.
+        let mut answers = self.run_pipelines(updates).await?;
+        // A restarted or flushed server forgot the scripts: load them again and repeat.
         if answers.iter().any(|answer| {
             answer
                 .as_ref()
                 .is_err_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
         }) {
-            self.load_script().await?;
-            answers = self.run_pipeline(updates).await?;
+            self.load_scripts().await?;
+            answers = self.run_pipelines(updates).await?;
         }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -378,18 +382,46 @@ impl ProfileWriter {
             .collect())
     }
 
-    /// One answer per update: a failing script call fails only its own answer.
-    async fn run_pipeline(
+    /// One answer per update, in order: the deletes in a pipeline of their own first (on a
+    /// cluster the calls of one pipeline run at once, and a device's delete must come before
+    /// its newer updates of the same batch), then the upserts.
+    async fn run_pipelines(
         &self,
         updates: &[ProfileUpdate],
     ) -> RedisResult<Vec<RedisResult<Vec<String>>>> {
+        let (deletes, upserts): (Vec<usize>, Vec<usize>) =
+            (0..updates.len()).partition(|&index| updates[index].delete);
+        let mut answers = Vec::with_capacity(updates.len());
+        for group in [deletes, upserts] {
+            if group.is_empty() {
+                continue;
+            }
+            let got = self
+                .run_pipeline(group.iter().map(|&index| &updates[index]))
+                .await?;
+            answers.extend(group.into_iter().zip(got));
+        }
+        answers.sort_by_key(|(index, _)| *index);
+        Ok(answers.into_iter().map(|(_, answer)| answer).collect())
+    }
+
+    /// One answer per update: a failing script call fails only its own answer.
+    async fn run_pipeline(
+        &self,
+        updates: impl Iterator<Item = &ProfileUpdate>,
+    ) -> RedisResult<Vec<RedisResult<Vec<String>>>> {
         let mut pipeline = redis::pipe();
         for update in updates {
-            let mut invocation = self.script.prepare_invoke();
+            let (script, arguments) = if update.delete {
+                (&self.delete_script, delete_arguments(update))
+            } else {
+                (&self.upsert_script, script_arguments(update))
+            };
+            let mut invocation = script.prepare_invoke();
             invocation
                 .key(self.store.device_key(&update.device_id))
                 .key(self.store.device_versions_key(&update.device_id))
-                .arg(script_arguments(update));
+                .arg(arguments);
             pipeline.invoke_script(&invocation);
         }
         self.store.connection().query_each(pipeline).await
@@ -429,6 +461,20 @@ impl ScriptRule {
             ScriptRule::LastContact => "lc",
         }
     }
+}
+
+/// The delete script's ARGV: the version, then the fields it removes whatever their version
+/// (those ordered by their value, whose Cassandra columns the delete removes whole).
+fn delete_arguments(delete: &ProfileUpdate) -> Vec<String> {
+    let value_ordered = FIELDS.iter().filter(|spec| {
+        matches!(
+            spec.rule,
+            MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant
+        )
+    });
+    std::iter::once(delete.version.to_string())
+        .chain(value_ordered.filter_map(|spec| spec.redis.map(str::to_string)))
+        .collect()
 }
 
 /// The script's ARGV for one update: version, last contact micros, then (rule, field, value).

@@ -1,7 +1,7 @@
 //! Reading `device_profile` back with each cell's write time: a full scan split into token
 //! ranges read in parallel, and single rows. The write times give back what the cell
 //! timestamps encode (docs/architecture.md, "Device profile push"): the version of the fields
-//! the newest version wins (`version * 1000`) and the instant of `last_contact` (micros).
+//! the newest version wins (`version * 1000`); the value-ordered columns are read by value.
 //!
 //! Cassandra 5.0 refuses nothing here but answers `WRITETIME(map)` of a non-frozen map with
 //! the list of its elements' write times; `MAXWRITETIME(map)` gives one number, which is the
@@ -17,11 +17,13 @@ use chrono::DateTime;
 use futures::StreamExt;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{CqlTimestamp, CqlValue, Row};
 
+use super::schema::DELETES_TABLE;
 use super::stored_profile::{last_contact_at, StoredField, StoredProfile};
-use super::{CassandraStore, StoreError};
+use super::{CassandraCause, CassandraStore, StoreError};
 use crate::profile::fields::{FieldSpec, FieldValue, MergeRule, ValueType, FIELDS};
+use crate::profile::ProfileUpdate;
 
 /// Token ranges of a full scan: enough that the parallel readers stay busy to the end.
 pub const TOKEN_RANGES: usize = 64;
@@ -30,12 +32,13 @@ pub const RANGES_IN_FLIGHT: usize = 8;
 /// Rows per page, and so per batch handed on.
 pub const PAGE_SIZE: i32 = 500;
 
-/// Prepared reads of `device_profile` with the write time of every cell.
+/// Prepared reads of `device_profile` with the write time of every cell, and of the deletes.
 #[derive(Clone)]
 pub struct ProfileScan {
     store: CassandraStore,
     by_token_range: PreparedStatement,
     by_device: PreparedStatement,
+    deletes: PreparedStatement,
 }
 
 impl ProfileScan {
@@ -55,10 +58,17 @@ impl ProfileScan {
         by_token_range.set_page_size(PAGE_SIZE);
         let by_device =
             prepare(format!("SELECT {columns} FROM {table} WHERE device_id = ?")).await?;
+        let mut deletes = prepare(format!(
+            "SELECT device_id, deleted_at FROM {}.{DELETES_TABLE}",
+            store.keyspace()
+        ))
+        .await?;
+        deletes.set_page_size(PAGE_SIZE);
         Ok(ProfileScan {
             store: store.clone(),
             by_token_range,
             by_device,
+            deletes,
         })
     }
 
@@ -104,6 +114,40 @@ impl ProfileScan {
                 .map_err(|e| StoreError::cassandra("cannot read device_profile", e))?;
             let page = stored_profiles(result)?;
             scanned.fetch_add(page.len() as u64, Ordering::Relaxed);
+            visit(page).await?;
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging_state = state,
+                PagingStateResponse::NoMorePages => return Ok(()),
+            }
+        }
+    }
+
+    /// Hands the newest delete of every deleted device to `visit`, a page at a time (as
+    /// [`ProfileUpdate::delete`]s).
+    pub async fn for_each_delete_page<F, Fut>(&self, visit: F) -> Result<(), StoreError>
+    where
+        F: Fn(Vec<ProfileUpdate>) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let failed = |e: CassandraCause| StoreError::cassandra("cannot read the deletes", e);
+        let mut paging_state = PagingState::start();
+        loop {
+            let (result, next) = self
+                .store
+                .session()
+                .execute_single_page(&self.deletes, (), paging_state)
+                .await
+                .map_err(|e| failed(e.into()))?;
+            let rows = result.into_rows_result().map_err(|e| failed(e.into()))?;
+            let mut page = Vec::with_capacity(rows.rows_num());
+            for row in rows
+                .rows::<(String, Option<CqlTimestamp>)>()
+                .map_err(|e| failed(e.into()))?
+            {
+                if let (device_id, Some(deleted_at)) = row.map_err(|e| failed(e.into()))? {
+                    page.push(ProfileUpdate::delete(device_id, deleted_at.0));
+                }
+            }
             visit(page).await?;
             match next {
                 PagingStateResponse::HasMorePages { state } => paging_state = state,
@@ -204,12 +248,9 @@ fn stored_field(spec: &FieldSpec, value: CqlValue, writetime: Option<i64>) -> Op
         _ => None,
     };
     let value = match (spec.rule, value) {
-        // The cell timestamp is the instant in micros; the value only its milliseconds.
+        // The instant to the millisecond (the cell timestamp is its place in the device's life).
         (MergeRule::LatestInstant, CqlValue::Timestamp(stamp)) => {
-            let at = match writetime {
-                Some(micros) => DateTime::from_timestamp_micros(micros)?,
-                None => DateTime::from_timestamp_millis(stamp.0)?,
-            };
+            let at = DateTime::from_timestamp_millis(stamp.0)?;
             FieldValue::LastContact(std::borrow::Cow::Owned(last_contact_at(at)))
         }
         (_, CqlValue::Text(text)) => FieldValue::Text(text.into()),
@@ -289,14 +330,16 @@ mod tests {
     }
 
     /// A row with `city` and `last_contact` set and every other column null.
-    fn row(city_micros: i64, contact_micros: i64) -> Row {
+    /// A row with a city written at `city_micros` and a last contact at `contact_ms`, its cell
+    /// at `contact_written_at`.
+    fn row(city_micros: i64, contact_ms: i64, contact_written_at: i64) -> Row {
         let mut columns = vec![Some(CqlValue::Text("d".into()))];
         for spec in FIELDS {
             let (value, writetime) = match spec.column {
                 "city" => (CqlValue::Text("Pune".into()), city_micros),
                 "last_contact" => (
-                    CqlValue::Timestamp(CqlTimestamp(contact_micros / 1000)),
-                    contact_micros,
+                    CqlValue::Timestamp(CqlTimestamp(contact_ms)),
+                    contact_written_at,
                 ),
                 _ => {
                     columns.extend([None, None]);
@@ -331,8 +374,13 @@ mod tests {
     }
 
     #[test]
-    fn write_times_give_back_versions_and_the_contact_instant() {
-        let profile = stored_profile(row(1_650_000_000_000_000, 1_604_584_627_123_456)).unwrap();
+    fn write_times_give_back_versions_and_the_contact_is_its_value() {
+        let row = row(
+            1_650_000_000_000_000,
+            1_604_584_627_123,
+            1_799_956_352_158_063,
+        );
+        let profile = stored_profile(row).unwrap();
         let city = &profile.fields[&Field::Text(TextField::City)];
         assert_eq!(city.version, Some(1_650_000_000_000));
         let contact = profile.fields[&Field::LastContact]
@@ -340,8 +388,8 @@ mod tests {
             .clone()
             .into_last_contact()
             .unwrap();
-        assert_eq!(contact.at.timestamp_micros(), 1_604_584_627_123_456);
-        assert_eq!(contact.text, "2020-11-05T13:57:07.123456Z");
+        assert_eq!(contact.at.timestamp_millis(), 1_604_584_627_123);
+        assert_eq!(contact.text, "2020-11-05T13:57:07.123Z");
         assert_eq!(profile.fields.len(), 2);
     }
 }

@@ -19,9 +19,12 @@ use crate::retry::{Failure, RetryPolicy};
 pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
 /// The CQL of the table holding the smallest-wins base.
 pub const ADOPTION_CQL: &str = include_str!("../../schemas/device_profile_adoption.cql");
+/// The CQL of the table of the devices' newest deletes.
+pub const DELETES_CQL: &str = include_str!("../../schemas/device_profile_deletes.cql");
 
 pub const TABLE: &str = "device_profile";
 const ADOPTION_TABLE: &str = "device_profile_adoption";
+pub const DELETES_TABLE: &str = "device_profile_deletes";
 
 /// Times an instance re-reads the table and adds what is still missing, when its `ALTER`
 /// failed because other instances were adding the same columns (and attempts of the other
@@ -66,6 +69,7 @@ pub async fn ensure_schema(
         .run(
             || async {
                 create_if_missing(session, keyspace, ADOPTION_TABLE, ADOPTION_CQL).await?;
+                create_if_missing(session, keyspace, DELETES_TABLE, DELETES_CQL).await?;
                 agree(session).await?;
                 smallest_wins_base(session, keyspace).await
             },

@@ -62,7 +62,7 @@ impl Verified {
 }
 
 /// The fields on which `redis` (a device's hash) and `cassandra` (its row, if any) differ.
-/// `last_contact` is compared by instant: Cassandra keeps no text.
+/// `last_contact` is compared by instant, to the millisecond: Cassandra keeps no text.
 pub fn differences(
     device_id: &str,
     cassandra: Option<&StoredProfile>,
@@ -78,7 +78,8 @@ pub fn differences(
         let agree = match (in_redis, in_cassandra) {
             (None, None) => true,
             (Some(text), Some(FieldValue::LastContact(contact))) => {
-                DateTime::parse_from_rfc3339(text).is_ok_and(|at| at == contact.at)
+                DateTime::parse_from_rfc3339(text)
+                    .is_ok_and(|at| at.timestamp_millis() == contact.at.timestamp_millis())
             }
             (Some(text), Some(value)) => hash_value(value.clone()) == *text,
             _ => false,

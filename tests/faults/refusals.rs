@@ -1,10 +1,11 @@
 //! Scenario 11: events that pass validation but can never be written, 1% among good ones: an
 //! event for a device whose Redis key is someone's string (the script fails with `WRONGTYPE`
-//! every time), a version dated ten days ahead, a tombstone, and a value larger than the
-//! dead-letter topic takes (the source topic allows 5 MB; the bytes do not compress). Every
-//! good event lands in both stores, every bad one is in the dead-letter topic with its reason
-//! (the oversized one without its value, saying so), the foreign keys are left alone, nothing
-//! is dropped and the stream never stalls.
+//! every time), a version dated ten days ahead, a tombstone whose key is not a device_id (longer than 256 bytes), and a value larger
+//! than the dead-letter topic takes (the source topic allows 5 MB; the bytes do not compress);
+//! beside them, keyed tombstones, which are deletes. Every good event lands in both stores,
+//! every bad one is in the dead-letter topic with its reason (the oversized one without its
+//! value, saying so), every delete is counted, the foreign keys are left alone, nothing is
+//! dropped and the stream never stalls.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,15 +30,19 @@ use crate::harness::{
 enum Bad {
     ForeignKey,
     AheadOfClock,
-    Tombstone,
+    /// A tombstone whose key is no device_id: no device to delete.
+    TombstoneOfNoDevice,
     Oversized,
+    /// A keyed tombstone: not bad, a delete; in the mix to show it is counted as one.
+    Delete,
 }
 
-const KINDS: [Bad; 4] = [
+const KINDS: [Bad; 5] = [
     Bad::ForeignKey,
     Bad::AheadOfClock,
-    Bad::Tombstone,
+    Bad::TombstoneOfNoDevice,
     Bad::Oversized,
+    Bad::Delete,
 ];
 
 #[tokio::test]
@@ -56,13 +61,17 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
     let mut events = Vec::new();
     let mut tombstones = Vec::new();
     let mut bad: HashMap<String, (Bad, Option<Vec<u8>>)> = HashMap::new();
+    let mut deletes = 0;
     for (index, event) in stream.events().into_iter().enumerate() {
         events.push(event);
         if index % 100 != 99 {
             continue;
         }
-        let kind = KINDS[bad.len() % KINDS.len()];
-        let key = format!("bad-{}-{index}", stream.devices[0]);
+        let kind = KINDS[(bad.len() + deletes) % KINDS.len()];
+        let key = match kind {
+            Bad::TombstoneOfNoDevice => format!("{index}-{}", "x".repeat(300)),
+            _ => format!("bad-{}-{index}", stream.devices[0]),
+        };
         let value = match kind {
             Bad::ForeignKey => {
                 let () = redis
@@ -80,7 +89,7 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
                 let event = json!({"device_id": key, "api_last_updated_on": in_ten_days});
                 Some(event.to_string().into_bytes())
             }
-            Bad::Tombstone => None,
+            Bad::TombstoneOfNoDevice | Bad::Delete => None,
             Bad::Oversized => {
                 let mut noise = vec![0u8; 1_500_000];
                 rand::rng().fill_bytes(&mut noise);
@@ -90,6 +99,10 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
         match &value {
             Some(value) => events.push((key.clone(), value.clone())),
             None => tombstones.push(key.clone()),
+        }
+        if kind == Bad::Delete {
+            deletes += 1;
+            continue;
         }
         bad.insert(key, (kind, value));
     }
@@ -110,8 +123,9 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
         let expected = match kind {
             Bad::ForeignKey => "WRONGTYPE",
             Bad::AheadOfClock => "ahead of the service's clock",
-            Bad::Tombstone => "tombstone: a null value",
+            Bad::TombstoneOfNoDevice => "tombstone key is not a valid device_id",
             Bad::Oversized => "larger than the limit",
+            Bad::Delete => unreachable!("deletes are not dead-lettered"),
         };
         assert!(reason.contains(expected), "{key} ({kind:?}): {reason:?}");
         if kind == Bad::ForeignKey {
@@ -147,6 +161,12 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
             assert_eq!(kept, "foreign", "{key}: the foreign key is left alone");
         }
     }
+    let deleted = "hawkeye_customer_cache_profile_devices_deleted_total";
+    assert_eq!(
+        metric(&service, deleted).await,
+        deletes as f64,
+        "every delete counted"
+    );
     let dropped =
         "hawkeye_customer_cache_profile_events_dropped_total{reason=\"dead_letter_refused\"}";
     assert_eq!(metric(&service, dropped).await, 0.0, "nothing dropped");
@@ -155,7 +175,7 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
         "the consumer is still running"
     );
     Figures {
-        scenario: "refusals mix (1%: foreign key, ahead of clock, tombstone, oversized letter)",
+        scenario: "refusals mix (1%: foreign key, ahead of clock, bad-key tombstone, oversized letter, delete)",
         produced: events.len() + tombstones.len(),
         stored,
         dead_lettered,

@@ -59,8 +59,8 @@ async fn dead_letters_are_replayed_with_their_bytes_and_a_header_naming_them() {
     for (key, value) in poison {
         produce(&producer, &env, Some(key), value).await;
     }
-    let tombstone: FutureRecord<'_, str, [u8]> =
-        FutureRecord::to(&env["TOPIC_PROFILE_UPDATES"]).key("gone");
+    // Without a key: dead-lettered (a keyed tombstone deletes its device).
+    let tombstone: FutureRecord<'_, str, [u8]> = FutureRecord::to(&env["TOPIC_PROFILE_UPDATES"]);
     producer
         .send(tombstone, Duration::from_secs(30))
         .await
