@@ -11,21 +11,14 @@
 //! issue 14).
 //!
 //! Only acknowledged writes are remembered, never attempts. A cell is honoured for at most
-//! [`REMEMBERED_FOR`] after it was written, so that one Cassandra lost after acknowledging it
+//! [`REMEMBERED_FOR`](super::remembered::REMEMBERED_FOR) after it was written, so that one Cassandra lost after acknowledging it
 //! (a node that died before syncing its commit log, a `TRUNCATE`) is written again by a later
-//! event of its device; and a generation holds at most [`MAX_DEVICES`] devices, which bounds the
+//! event of its device; and a generation holds at most [`MAX_DEVICES`](super::remembered::MAX_DEVICES) devices, which bounds the
 //! memory (about 100 bytes a device). Forgetting early is always safe: it only costs a write.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::sync;
-
-/// How long an acknowledged cell is relied on.
-pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);
-/// Devices one generation remembers; a full generation is retired early.
-pub const MAX_DEVICES: usize = 200_000;
+use super::remembered::Remembered;
 
 /// A cell as Cassandra orders two cells of one column: its timestamp, then its value's bytes
 /// (for the timestamp columns here, the value as an unsigned number).
@@ -34,100 +27,38 @@ pub type CellOrder = (i64, u64);
 /// Newest acknowledged cell of each of `N` columns (by slot); `None`: unknown.
 pub type Cells<const N: usize> = [Option<CellOrder>; N];
 
-/// The acknowledged cells of `N` columns per device, in two generations: writes go to the
-/// current one, which becomes the previous one after half of [`REMEMBERED_FOR`] (or when full).
+/// The acknowledged cells of `N` columns per device ([`Remembered`]).
+#[derive(Default)]
 pub struct AcknowledgedCells<const N: usize> {
-    generations: Mutex<Generations<N>>,
-}
-
-struct Generations<const N: usize> {
-    current: Generation<N>,
-    previous: Generation<N>,
-}
-
-struct Generation<const N: usize> {
-    /// No cell of this generation was written before this instant.
-    since: Instant,
-    devices: HashMap<Box<str>, Cells<N>>,
-}
-
-impl<const N: usize> Generation<N> {
-    fn new(since: Instant) -> Self {
-        Generation {
-            since,
-            devices: HashMap::new(),
-        }
-    }
-
-    /// Whether every cell of this generation may still be relied on at `now`.
-    fn honoured_at(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since) < REMEMBERED_FOR
-    }
-}
-
-impl<const N: usize> Default for AcknowledgedCells<N> {
-    fn default() -> Self {
-        let now = Instant::now();
-        AcknowledgedCells {
-            generations: Mutex::new(Generations {
-                current: Generation::new(now),
-                previous: Generation::new(now),
-            }),
-        }
-    }
+    devices: Remembered<Cells<N>>,
 }
 
 impl<const N: usize> AcknowledgedCells<N> {
     /// The device's cells that Cassandra is known to hold at `now`.
     pub fn held(&self, device_id: &str, now: Instant) -> Cells<N> {
-        let mut generations = sync::lock(&self.generations);
-        generations.rotate_if_due(now);
-        let mut held = [None; N];
-        for generation in [&generations.current, &generations.previous] {
-            if !generation.honoured_at(now) {
-                continue;
-            }
-            if let Some(cells) = generation.devices.get(device_id) {
-                for (held, cell) in held.iter_mut().zip(cells) {
-                    *held = (*held).max(*cell);
-                }
-            }
-        }
-        held
+        self.devices.get(device_id, now).unwrap_or([None; N])
     }
 
     /// Remembers the cells of the device that Cassandra has just acknowledged, written no
-    /// earlier than `written_at`.
+    /// earlier than `written_at`, beside the ones it is known to hold.
     pub fn acknowledged(&self, device_id: &str, cells: &Cells<N>, written_at: Instant) {
         if cells.iter().all(Option::is_none) {
             return;
         }
-        let mut generations = sync::lock(&self.generations);
-        generations.rotate_if_due(written_at);
-        let current = &mut generations.current;
-        // A write that began before the generation did cannot be honoured as long as it.
-        if written_at < current.since {
-            return;
+        let mut held = self.held(device_id, written_at);
+        for (held, cell) in held.iter_mut().zip(cells) {
+            *held = (*held).max(*cell);
         }
-        let remembered = current.devices.entry(device_id.into()).or_insert([None; N]);
-        for (remembered, cell) in remembered.iter_mut().zip(cells) {
-            *remembered = (*remembered).max(*cell);
-        }
-    }
-}
-
-impl<const N: usize> Generations<N> {
-    fn rotate_if_due(&mut self, now: Instant) {
-        let age = now.saturating_duration_since(self.current.since);
-        if age >= REMEMBERED_FOR / 2 || self.current.devices.len() >= MAX_DEVICES {
-            self.previous = std::mem::replace(&mut self.current, Generation::new(now));
-        }
+        self.devices.insert(device_id, held, written_at);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::stores::remembered::{MAX_DEVICES, REMEMBERED_FOR};
 
     /// A cell at `timestamp` (the value does not matter to these tests).
     fn at(timestamp: i64) -> Option<CellOrder> {

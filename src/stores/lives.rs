@@ -79,8 +79,8 @@ impl Life {
         if base > now_micros + MAX_BASE_AHEAD_MICROS {
             return Err(format!(
                 "deleted again too soon: its next life's cell timestamps would lie {:.1} days \
-                 ahead of the clock, more than ScyllaDB accepts; replay this tombstone in a day \
-                 (profile replay-dlq)",
+                 ahead of the clock, more than ScyllaDB accepts; produce the tombstone again in \
+                 a day",
                 (base - now_micros) as f64 / 86_400e6
             ));
         }

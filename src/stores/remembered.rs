@@ -7,10 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub use super::acknowledged::{MAX_DEVICES, REMEMBERED_FOR};
 use crate::sync;
+
+/// How long what was learned is relied on.
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);
+/// Devices one generation holds (about 100 bytes each); a full generation is retired early.
+pub const MAX_DEVICES: usize = 200_000;
 
 pub struct Remembered<V> {
     generations: Mutex<[Generation<V>; 2]>,
@@ -72,8 +76,6 @@ impl<V: Clone> Remembered<V> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
