@@ -422,6 +422,8 @@ impl ProfileWriter {
             life = deletion.life;
             life_after = Some(life);
         }
+        // The folds are values of the life a delete ends: they do not come back.
+        let folds = if life_after.is_some() { &[] } else { folds };
         let held = self.acknowledged.held(device_id, began);
         let writes = updates
             .into_iter()

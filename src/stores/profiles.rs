@@ -49,7 +49,7 @@ impl ProfileStores {
     /// updates, Cassandra its smallest-wins cells again in today's encoding.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
         let unmet = self.adoption.unmet(updates);
-        let meetings = if unmet.is_empty() {
+        let mut meetings = if unmet.is_empty() {
             FirstMeetings::default()
         } else {
             let reads = self.adoption.meet(unmet, &self.cassandra);
@@ -57,6 +57,7 @@ impl ProfileStores {
                 .timed_store_request("cassandra", "first_read", reads)
                 .await?
         };
+        forget_deleted_values(&mut meetings.priors, updates);
         let priors = meetings.priors.len();
         let into_redis = match priors {
             0 => Cow::Borrowed(updates),
@@ -114,5 +115,22 @@ impl ProfileStores {
                 self.redis.last_contacts(device_ids),
             )
             .await
+    }
+}
+
+/// The value-ordered fields of the rows of devices that `updates` delete: a delete removes them
+/// whatever their age, so the rows' values must not come back through Redis.
+fn forget_deleted_values(priors: &mut [ProfileUpdate], updates: &[ProfileUpdate]) {
+    let deleted: BTreeSet<&str> = updates
+        .iter()
+        .filter(|update| update.delete)
+        .map(|update| update.device_id.as_str())
+        .collect();
+    for prior in priors
+        .iter_mut()
+        .filter(|prior| deleted.contains(prior.device_id.as_str()))
+    {
+        prior.first_access = None;
+        prior.undated_declaration = true;
     }
 }
