@@ -18,6 +18,7 @@ mod get_status;
 mod metrics_scrape;
 mod profile_adoption;
 mod profile_dead_letters;
+mod profile_deletes;
 mod profile_first_access;
 mod profile_large_numbers;
 mod profile_order;
