@@ -10,7 +10,7 @@
 //!   even a later one.
 //!
 //! After that the device's cells are the service's own and no write of it reads anything.
-//! Which devices an instance has met is kept for at most 10 minutes ([`Remembered`]); forgetting
+//! Which devices an instance has met is kept for at most an hour ([`Remembered`]); forgetting
 //! one is always safe (its row is read once more, and the read finds nothing to fold).
 //! docs/architecture.md, "Taking over an existing deployment", says what this costs and what
 //! it gets wrong.
@@ -21,7 +21,7 @@ use std::time::Instant;
 use futures::StreamExt;
 
 use super::cassandra::{Folds, ProfileWriter};
-use super::lives::Life;
+use super::lives::{Life, LIFE_REMEMBERED_FOR};
 use super::remembered::Remembered;
 use super::scan::ProfileScan;
 use super::stored_profile::StoredProfile;
@@ -56,7 +56,7 @@ impl Adoption {
     ) -> Result<Self, StoreError> {
         Ok(Adoption {
             scan: ProfileScan::prepare(store).await?,
-            met: Remembered::default(),
+            met: Remembered::new(LIFE_REMEMBERED_FOR),
             reads_in_flight,
         })
     }
@@ -79,15 +79,16 @@ impl Adoption {
         writer: &ProfileWriter,
     ) -> Result<FirstMeetings, StoreError> {
         let began = Instant::now();
-        let lives = writer.lives(unmet.iter().copied()).await?;
         let reads: Vec<_> = unmet
-            .into_iter()
-            .map(|device_id| async move { (device_id, self.scan.read(device_id).await) })
+            .iter()
+            .map(|&device_id| async move { (device_id, self.scan.read(device_id).await) })
             .collect();
-        let rows: Vec<_> = futures::stream::iter(reads)
+        let rows = futures::stream::iter(reads)
             .buffer_unordered(self.reads_in_flight)
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        // Both reads of each device at once.
+        let (lives, rows) = futures::join!(writer.lives(unmet.iter().copied()), rows);
+        let lives = lives?;
         let mut meetings = FirstMeetings {
             began: Some(began),
             ..FirstMeetings::default()

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::acknowledged::{AcknowledgedCells, CellOrder, Cells};
 use super::batches::replica_batches;
 use super::error::execution_is_transient;
-use super::lives::{Deletion, Life};
+use super::lives::{Deletion, Life, LIFE_REMEMBERED_FOR};
 use super::remembered::Remembered;
 use super::schema::{ensure_schema, schema_in_place, SchemaRights, DELETES_TABLE, TABLE};
 use super::{CassandraCause, StoreError};
@@ -292,7 +292,7 @@ impl ProfileWriter {
             statements: Arc::new(statements),
             acknowledged: Arc::default(),
             undeleted: Life::undeleted(store.smallest_wins_base),
-            lives: Arc::default(),
+            lives: Arc::new(Remembered::new(LIFE_REMEMBERED_FOR)),
         })
     }
 

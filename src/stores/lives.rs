@@ -12,6 +12,12 @@
 use super::schema::BASE_AHEAD_MICROS;
 use crate::profile::fields::smallest_wins_step;
 
+/// How long an instance relies on what it learned of a device's life (and on having met it,
+/// `stores::adoption`) before reading it again: long, because each read costs Cassandra about
+/// a write; bounded, because another instance may delete the device meanwhile (after a
+/// rebalance moved its partition there and back).
+pub const LIFE_REMEMBERED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How far ahead of the clock a life's base may lie: ScyllaDB refuses cell timestamps more than
 /// three days ahead (`restrict_future_timestamp`).
 pub const MAX_BASE_AHEAD_MICROS: i64 = 216_000_000_000; // 2.5 days
