@@ -79,16 +79,15 @@ impl Adoption {
         writer: &ProfileWriter,
     ) -> Result<FirstMeetings, StoreError> {
         let began = Instant::now();
+        let lives = writer.lives(unmet.iter().copied()).await?;
         let reads: Vec<_> = unmet
-            .iter()
-            .map(|&device_id| async move { (device_id, self.scan.read(device_id).await) })
+            .into_iter()
+            .map(|device_id| async move { (device_id, self.scan.read(device_id).await) })
             .collect();
-        let rows = futures::stream::iter(reads)
+        let rows: Vec<_> = futures::stream::iter(reads)
             .buffer_unordered(self.reads_in_flight)
-            .collect::<Vec<_>>();
-        // Both reads of each device at once.
-        let (lives, rows) = futures::join!(writer.lives(unmet.iter().copied()), rows);
-        let lives = lives?;
+            .collect()
+            .await;
         let mut meetings = FirstMeetings {
             began: Some(began),
             ..FirstMeetings::default()
