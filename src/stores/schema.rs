@@ -71,6 +71,7 @@ pub async fn ensure_schema(
                 create_if_missing(session, keyspace, ADOPTION_TABLE, ADOPTION_CQL).await?;
                 create_if_missing(session, keyspace, DELETES_TABLE, DELETES_CQL).await?;
                 agree(session).await?;
+                usable(session, keyspace).await?;
                 smallest_wins_base(session, keyspace).await
             },
             |_| Failure::Transient,
@@ -117,6 +118,25 @@ pub async fn schema_in_place(session: &Session, keyspace: &str) -> Result<i64, S
             "{keyspace}.{ADOPTION_TABLE} holds no smallest_wins_base: start the service on it once"
         ))
     })
+}
+
+/// Reads every column the service uses: a table or column another instance has just created
+/// may be in `system_schema` before a node accepts statements naming it.
+async fn usable(session: &Session, keyspace: &str) -> Result<(), StoreError> {
+    let columns: Vec<&str> = needed_columns().map(|(column, _)| column).collect();
+    for cql in [
+        format!(
+            "SELECT {} FROM {keyspace}.{TABLE} LIMIT 1",
+            columns.join(", ")
+        ),
+        format!("SELECT device_id, deleted_at, life_base FROM {keyspace}.{DELETES_TABLE} LIMIT 1"),
+    ] {
+        session
+            .query_unpaged(cql, ())
+            .await
+            .map_err(|e| StoreError::cassandra("cannot read the tables just made ready", e))?;
+    }
+    Ok(())
 }
 
 /// The columns the service writes, with their types, the key included.
