@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::common::cache_fixture::redis_connection;
 use crate::common::profiles::{
     cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually,
-    produce_json, producer, redis_hash, wait_for_city,
+    first_access_in_both, produce_json, producer, redis_hash, wait_for_city,
 };
 use crate::common::service::{isolated_env, run_command, run_to_exit};
 use crate::common::{cassandra_session, unique, ServiceProcess};
@@ -186,20 +186,6 @@ fn the_error_line(stderr: &[String]) -> &str {
     let errors: Vec<&String> = stderr.iter().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "expected one error line in {stderr:#?}");
     errors[0]
-}
-
-/// The device's `first_access` in both stores right now: Redis `firstaccess` (epoch ms) and the
-/// Cassandra column as `SELECT JSON` renders it.
-async fn first_access_in_both(
-    env: &HashMap<String, String>,
-    session: &Session,
-    device: &str,
-) -> (Option<String>, Value) {
-    let redis = redis_hash(env, device).await.remove("firstaccess");
-    let cassandra = cassandra_row(session, env, device)
-        .await
-        .map_or(Value::Null, |row| row["first_access"].clone());
-    (redis, cassandra)
 }
 
 /// Waits until both stores hold `first_access` for the device.

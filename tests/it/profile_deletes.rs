@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use hawkeye_customer_cache::stores::redis::{versions_key, RedisConnection};
+use hawkeye_customer_cache::stores::redis::versions_key;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -25,12 +25,15 @@ use serde_json::{json, Value};
 
 use crate::common::cache_fixture::redis_connection;
 use crate::common::profiles::{
-    cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually, header,
-    produce_json, producer, redis_hash, redis_versions, wait_for_city, TopicReader,
+    cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually,
+    first_access_in_both, header, produce_json, producer, records_in, redis_hash, redis_versions,
+    wait_for_city, TopicReader,
 };
 use crate::common::request_reply::metric;
 use crate::common::service::{isolated_env, run_command};
-use crate::common::{cassandra_session, redis_cluster_url, stack, unique, ServiceProcess};
+use crate::common::{
+    cassandra_session, redis_cluster, redis_cluster_url, stack, unique, ServiceProcess,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const READY: Duration = Duration::from_secs(60);
@@ -182,28 +185,6 @@ async fn wait_until_processed(env: &HashMap<String, String>) {
     .await;
 }
 
-/// How many records `topic` holds. Blocking.
-fn records_in(topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack().kafka_brokers)
-        .create()
-        .expect("consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
-                .expect("watermarks");
-            high - low
-        })
-        .sum()
-}
-
 /// Whether the device's Redis hash exists (`EXISTS`).
 async fn redis_key_exists(env: &HashMap<String, String>, device: &str) -> bool {
     let key = format!("{}{device}", env["REDIS_DEVICE_KEY_PREFIX"]);
@@ -312,19 +293,6 @@ async fn assert_deleted(
         Some(Value::from(cql_timestamp(deleted_at))),
         "{what}: {device}: device_profile_deletes"
     );
-}
-
-/// The device's first access in both stores: Redis `firstaccess`, Cassandra `first_access`.
-async fn first_access_in_both(
-    env: &HashMap<String, String>,
-    session: &Session,
-    device: &str,
-) -> (Option<String>, Value) {
-    let redis = redis_hash(env, device).await.remove("firstaccess");
-    let cassandra = cassandra_row(session, env, device)
-        .await
-        .map_or(Value::Null, |row| row["first_access"].clone());
-    (redis, cassandra)
 }
 
 fn first_access_expected(first_access: i64) -> (Option<String>, Value) {
@@ -819,25 +787,13 @@ async fn a_delete_and_events_of_its_device_in_one_batch_resolve_as_they_would_ap
     assert!(service.terminate().await.success());
 }
 
-/// A connection to the stack's Redis Cluster.
-async fn cluster() -> RedisConnection {
-    let redis = RedisConnection::connect(&redis_cluster_url())
-        .await
-        .expect("cannot connect to the stack's Redis Cluster");
-    assert!(
-        redis.is_cluster(),
-        "REDIS_CLUSTER_URL is not a Redis Cluster"
-    );
-    redis
-}
-
 #[tokio::test]
 async fn a_delete_on_a_redis_cluster_removes_the_hash_and_a_newer_event_recreates_it() {
     let mut env = isolated_env();
     env.insert("REDIS_URL".into(), redis_cluster_url());
     let mut service = ServiceProcess::start(env.clone());
     service.wait_ready(READY).await;
-    let redis = cluster().await;
+    let redis = redis_cluster().await;
     let session = cassandra_session().await;
     let producer = producer();
     let run = unique("cluster_del");

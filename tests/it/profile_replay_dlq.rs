@@ -5,13 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
-use crate::common::profiles::{header, produce, producer, TopicReader};
+use crate::common::profiles::{header, produce, producer, records_in, TopicReader};
 use crate::common::service::{isolated_env, run_command};
-use crate::common::{stack, ServiceProcess};
+use crate::common::ServiceProcess;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -24,29 +23,6 @@ async fn replay_dlq(env: &HashMap<String, String>, args: &[&str]) -> (i32, Vec<S
         .collect();
     let (code, stdout, stderr) = run_command(&command, env, WAIT).await;
     (code, stdout.lines().map(str::to_string).collect(), stderr)
-}
-
-/// How many records `topic` holds (the sum of its partitions' end offsets).
-fn records_in(topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack().kafka_brokers)
-        .create()
-        .expect("consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
-                .expect("watermarks");
-            high - low
-        })
-        .sum()
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::publish::{self, Generation, PublishError, RefreshLock};
-use hawkeye_customer_cache::stores::redis::{versions_key, RedisConnection};
+use hawkeye_customer_cache::stores::redis::versions_key;
 use hawkeye_devtools::sim::SimConfig;
 use redis::cluster_routing::Slot;
 use redis::AsyncCommands;
@@ -20,21 +20,10 @@ use crate::common::refresh::{
 };
 use crate::common::request_reply::{run_get, serials_after};
 use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, redis_cluster_url, unique, ServiceProcess};
+use crate::common::{cassandra_session, redis_cluster, redis_cluster_url, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE: i64 = 1_700_000_000_000;
-
-async fn cluster() -> RedisConnection {
-    let redis = RedisConnection::connect(&redis_cluster_url())
-        .await
-        .expect("cannot connect to the stack's Redis Cluster");
-    assert!(
-        redis.is_cluster(),
-        "REDIS_CLUSTER_URL is not a Redis Cluster"
-    );
-    redis
-}
 
 fn on_cluster(mut env: HashMap<String, String>) -> HashMap<String, String> {
     env.insert("REDIS_URL".into(), redis_cluster_url());
@@ -55,7 +44,7 @@ fn event(device: &str, k: i64) -> Value {
 
 #[tokio::test]
 async fn the_push_on_a_redis_cluster_is_order_independent_for_any_device_id() {
-    let mut redis = cluster().await;
+    let mut redis = redis_cluster().await;
     let mut service = ServiceProcess::start(on_cluster(isolated_env()));
     service.wait_ready(Duration::from_secs(60)).await;
     let env = service.env.clone();
@@ -138,7 +127,7 @@ fn generation(devices: usize) -> Generation {
 
 #[tokio::test]
 async fn the_lock_and_the_atomic_publish_hold_on_a_redis_cluster() {
-    let mut redis = cluster().await;
+    let mut redis = redis_cluster().await;
     let keys = CacheKeys::new(&unique("cluster_publish"));
     let _: () = redis.hset(keys.live(), "OLD", "{}").await.unwrap();
     let lock = RefreshLock::try_acquire(redis.clone(), &keys)
@@ -207,7 +196,7 @@ async fn refresh_get_and_last_contact_pushes_work_on_a_redis_cluster() {
     assert!(expected.len() > 20, "the fleet keeps devices");
     assert_eq!(succeeded["devices"], expected.len());
 
-    let mut redis = cluster().await;
+    let mut redis = redis_cluster().await;
     let keys = CacheKeys::new(&env["ENVIRONMENT_NAME"]);
     assert_eq!(
         live_entry_set(&mut redis, &keys).await,

@@ -61,3 +61,15 @@ pub async fn cassandra_session() -> scylla::client::session::Session {
         .await
         .expect("cannot connect to the stack's Cassandra")
 }
+
+pub async fn redis_cluster() -> hawkeye_customer_cache::stores::redis::RedisConnection {
+    let redis =
+        hawkeye_customer_cache::stores::redis::RedisConnection::connect(&redis_cluster_url())
+            .await
+            .expect("cannot connect to the stack's Redis Cluster");
+    assert!(
+        redis.is_cluster(),
+        "REDIS_CLUSTER_URL is not a Redis Cluster"
+    );
+    redis
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::stores::redis::versions_key;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::AsyncCommands;
@@ -203,4 +203,40 @@ pub fn env_with_own_keyspace() -> HashMap<String, String> {
 pub async fn drop_keyspace(session: &Session, env: &HashMap<String, String>) {
     let cql = format!("DROP KEYSPACE IF EXISTS {}", env["CASSANDRA_KEYSPACE"]);
     session.query_unpaged(cql, ()).await.expect("DROP KEYSPACE");
+}
+
+/// How many records `topic` holds (the sum of its partitions' end offsets).
+pub fn records_in(topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack().kafka_brokers)
+        .create()
+        .expect("consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// The device's first access in both stores: Redis `firstaccess`, Cassandra `first_access`.
+pub async fn first_access_in_both(
+    env: &HashMap<String, String>,
+    session: &Session,
+    device: &str,
+) -> (Option<String>, Value) {
+    let redis = redis_hash(env, device).await.remove("firstaccess");
+    let cassandra = cassandra_row(session, env, device)
+        .await
+        .map_or(Value::Null, |row| row["first_access"].clone());
+    (redis, cassandra)
 }
