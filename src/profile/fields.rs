@@ -79,6 +79,16 @@ impl MergeRule {
             MergeRule::UpdateVersion | MergeRule::EarliestDeclaration
         )
     }
+
+    /// Whether the rule orders values by themselves, not by the version of their update
+    /// (`first_access`, `user_declared_on`, `last_contact`): Cassandra's cell timestamp then
+    /// comes from the value, and a delete removes the field whatever its age.
+    pub const fn is_value_ordered(self) -> bool {
+        matches!(
+            self,
+            MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant
+        )
+    }
 }
 
 /// The JSON shape of an event property (the `$defs` of the event schema).
@@ -291,6 +301,15 @@ impl FieldValue<'_> {
                 Some((a.at, a.text.as_bytes()).cmp(&(b.at, b.text.as_bytes())))
             }
             _ => None,
+        }
+    }
+
+    /// The epoch milliseconds of a timestamp or a last contact.
+    pub fn epoch_ms(&self) -> Option<i64> {
+        match self {
+            FieldValue::Timestamp(ms) => Some(*ms),
+            FieldValue::LastContact(contact) => Some(contact.at.timestamp_millis()),
+            FieldValue::Text(_) | FieldValue::BigInt(_) | FieldValue::TextMap(_) => None,
         }
     }
 

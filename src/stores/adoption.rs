@@ -26,7 +26,7 @@ use super::remembered::Remembered;
 use super::scan::ProfileScan;
 use super::stored_profile::StoredProfile;
 use super::{CassandraStore, StoreError};
-use crate::profile::fields::{Field, MergeRule, FIELDS};
+use crate::profile::fields::{Field, FIELDS};
 use crate::profile::ProfileUpdate;
 
 /// What the rows of the devices met for the first time add to a write.
@@ -39,8 +39,6 @@ pub struct FirstMeetings {
     pub folds: Folds,
     /// Every device read, to be remembered once the write succeeded.
     pub devices: Vec<String>,
-    /// When the reads began.
-    pub began: Option<Instant>,
 }
 
 pub struct Adoption {
@@ -78,7 +76,6 @@ impl Adoption {
         unmet: BTreeSet<&str>,
         writer: &ProfileWriter,
     ) -> Result<FirstMeetings, StoreError> {
-        let began = Instant::now();
         let lives = writer.lives(unmet.iter().copied()).await?;
         let reads: Vec<_> = unmet
             .into_iter()
@@ -88,10 +85,7 @@ impl Adoption {
             .buffer_unordered(self.reads_in_flight)
             .collect()
             .await;
-        let mut meetings = FirstMeetings {
-            began: Some(began),
-            ..FirstMeetings::default()
-        };
+        let mut meetings = FirstMeetings::default();
         for (device_id, row) in rows {
             if let (Some(profile), Some(life)) = (row?, lives.get(device_id)) {
                 let folds = foreign_value_cells(&profile, life);
@@ -105,7 +99,7 @@ impl Adoption {
         Ok(meetings)
     }
 
-    /// Remembers devices whose first write both stores acknowledged.
+    /// Remembers devices whose first write, begun at `began`, both stores acknowledged.
     pub fn remember<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>, began: Instant) {
         for device_id in device_ids {
             self.met.insert(device_id, (), began);
@@ -119,23 +113,8 @@ fn foreign_value_cells(profile: &StoredProfile, life: &Life) -> Vec<(Field, i64)
     FIELDS
         .iter()
         .filter_map(|spec| {
-            let value = profile.fields.get(&spec.field)?.value.clone();
-            let value = match value.into_last_contact() {
-                Some(contact) => contact.at.timestamp_millis(),
-                None => profile
-                    .fields
-                    .get(&spec.field)?
-                    .value
-                    .clone()
-                    .into_number()?,
-            };
-            let ours = match spec.rule {
-                MergeRule::Smallest | MergeRule::EarliestDeclaration => {
-                    life.smallest_wins_timestamp(value)
-                }
-                MergeRule::LatestInstant => life.latest_wins_timestamp(value),
-                MergeRule::NewestVersion | MergeRule::UpdateVersion => return None,
-            };
+            let value = profile.fields.get(&spec.field)?.value.epoch_ms()?;
+            let ours = life.value_ordered_timestamp(spec.rule, value)?;
             (profile.writetimes.get(&spec.field) != Some(&ours)).then_some((spec.field, value))
         })
         .collect()

@@ -201,7 +201,7 @@ struct ProfileStatements {
 
 /// Whether a rule's cell timestamp is the update's version, shared by all such columns.
 const fn shares_the_version(rule: MergeRule) -> bool {
-    matches!(rule, MergeRule::NewestVersion | MergeRule::UpdateVersion)
+    !rule.is_value_ordered()
 }
 
 fn versioned_fields() -> impl Iterator<Item = &'static FieldSpec> {
@@ -730,13 +730,7 @@ fn fold_write(field: Field, value_ms: i64, life: &Life) -> Option<ProfileWrite<'
     let (slot, spec) = own_timestamp_fields()
         .enumerate()
         .find(|(_, spec)| spec.field == field)?;
-    let timestamp = match spec.rule {
-        MergeRule::Smallest | MergeRule::EarliestDeclaration => {
-            life.smallest_wins_timestamp(value_ms)
-        }
-        MergeRule::LatestInstant => life.latest_wins_timestamp(value_ms),
-        MergeRule::NewestVersion | MergeRule::UpdateVersion => return None,
-    };
+    let timestamp = life.value_ordered_timestamp(spec.rule, value_ms)?;
     Some(ProfileWrite::Column(Cell {
         column: spec.column,
         slot,
@@ -757,19 +751,12 @@ fn newest_wins(version_ms: i64) -> i64 {
 /// [`smallest_wins_order`](crate::profile::fields::smallest_wins_order), which Redis follows
 /// too (docs/architecture.md, "Taking over an existing deployment").
 fn cell_timestamp(rule: MergeRule, version_ms: i64, value: &FieldValue<'_>, life: &Life) -> i64 {
-    match (rule, value) {
-        (MergeRule::NewestVersion | MergeRule::UpdateVersion, _) => newest_wins(version_ms),
-        (MergeRule::Smallest | MergeRule::EarliestDeclaration, FieldValue::Timestamp(ms)) => {
-            life.smallest_wins_timestamp(*ms)
-        }
-        (MergeRule::LatestInstant, FieldValue::LastContact(contact)) => {
-            life.latest_wins_timestamp(contact.at.timestamp_millis())
-        }
-        // A rule on a value it cannot order: the table's tests rule this out.
-        (MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant, _) => {
-            newest_wins(version_ms)
-        }
-    }
+    // A value-ordered rule on a value it cannot order falls back to the version: the table's
+    // tests rule this out.
+    value
+        .epoch_ms()
+        .and_then(|value_ms| life.value_ordered_timestamp(rule, value_ms))
+        .unwrap_or_else(|| newest_wins(version_ms))
 }
 
 /// A field value as its column type, borrowing the update's text and maps rather than copying

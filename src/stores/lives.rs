@@ -10,7 +10,7 @@
 //! goes), and starts a new life above both, which the device's later writes use. Pure: no I/O.
 
 use super::schema::BASE_AHEAD_MICROS;
-use crate::profile::fields::smallest_wins_step;
+use crate::profile::fields::{smallest_wins_step, MergeRule};
 
 /// How long an instance relies on what it learned of a device's life (and on having met it,
 /// `stores::adoption`) before reading it again: long, because each read costs Cassandra about
@@ -60,6 +60,18 @@ impl Life {
     /// step tie, and Cassandra keeps the greater value, the later instant.
     pub fn latest_wins_timestamp(&self, instant_ms: i64) -> i64 {
         self.base - BASE_AHEAD_MICROS + 1 + smallest_wins_step(instant_ms)
+    }
+
+    /// Cell timestamp of a value (epoch ms) under a value-ordered `rule`; `None` for the rules
+    /// whose cell timestamp is the update's version.
+    pub fn value_ordered_timestamp(&self, rule: MergeRule, value_ms: i64) -> Option<i64> {
+        match rule {
+            MergeRule::Smallest | MergeRule::EarliestDeclaration => {
+                Some(self.smallest_wins_timestamp(value_ms))
+            }
+            MergeRule::LatestInstant => Some(self.latest_wins_timestamp(value_ms)),
+            MergeRule::NewestVersion | MergeRule::UpdateVersion => None,
+        }
     }
 
     /// Whether an update of `version` is removed by the life's delete.

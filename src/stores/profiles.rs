@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::adoption::{Adoption, FirstMeetings};
 use super::{cassandra, redis, CassandraStore, RedisStore, StoreError};
@@ -48,6 +49,7 @@ impl ProfileStores {
     /// (`stores::adoption`): Redis gets the row's values at their write times before the
     /// updates, Cassandra its smallest-wins cells again in today's encoding.
     pub async fn upsert(&self, updates: &[ProfileUpdate]) -> Result<Vec<Upserted>, StoreError> {
+        let began = Instant::now();
         let unmet = self.adoption.unmet(updates);
         let mut meetings = if unmet.is_empty() {
             FirstMeetings::default()
@@ -86,13 +88,11 @@ impl ProfileStores {
             .filter(|(_, outcome)| outcome.is_err())
             .map(|(update, _)| update.device_id.as_str())
             .collect();
-        if let Some(began) = meetings.began {
-            let written = meetings.devices.iter().map(String::as_str);
-            self.adoption.remember(
-                written.filter(|device_id| !refused.contains(device_id)),
-                began,
-            );
-        }
+        let written = meetings.devices.iter().map(String::as_str);
+        self.adoption.remember(
+            written.filter(|device_id| !refused.contains(device_id)),
+            began,
+        );
         for (update, outcome) in updates.iter().zip(&stored) {
             match (update.delete, outcome.is_ok()) {
                 (true, true) => self.metrics.profile_devices_deleted.inc(),

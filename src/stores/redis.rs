@@ -466,12 +466,7 @@ impl ScriptRule {
 /// The delete script's ARGV: the version, then the fields it removes whatever their version
 /// (those ordered by their value, whose Cassandra columns the delete removes whole).
 fn delete_arguments(delete: &ProfileUpdate) -> Vec<String> {
-    let value_ordered = FIELDS.iter().filter(|spec| {
-        matches!(
-            spec.rule,
-            MergeRule::Smallest | MergeRule::EarliestDeclaration | MergeRule::LatestInstant
-        )
-    });
+    let value_ordered = FIELDS.iter().filter(|spec| spec.rule.is_value_ordered());
     std::iter::once(delete.version.to_string())
         .chain(value_ordered.filter_map(|spec| spec.redis.map(str::to_string)))
         .collect()
