@@ -29,7 +29,7 @@ use crate::common::profiles::{
     first_access_in_both, header, produce_json, producer, records_in, redis_hash, redis_versions,
     wait_for_city, TopicReader,
 };
-use crate::common::request_reply::metric;
+use crate::common::request_reply::{metric, partition_ids};
 use crate::common::service::{isolated_env, run_command};
 use crate::common::{
     cassandra_session, redis_cluster, redis_cluster_url, stack, unique, ServiceProcess,
@@ -138,12 +138,9 @@ fn committed_and_end(group: &str, topic: &str) -> Vec<(Option<i64>, i64)> {
         .create()
         .expect("consumer");
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
     let mut list = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        list.add_partition(topic, partition.id());
+    for partition in partition_ids(&consumer, topic, timeout) {
+        list.add_partition(topic, partition);
     }
     let committed = consumer
         .committed_offsets(list, timeout)

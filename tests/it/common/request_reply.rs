@@ -126,6 +126,28 @@ pub async fn create_topic_with(name: &str, partitions: i32, settings: &[(&str, &
     }
 }
 
+/// The topic's partitions. A topic created a moment ago may be missing from the metadata of
+/// the broker asked, or listed without partitions, until its creation has propagated; that is
+/// waited out up to `timeout`.
+pub fn partition_ids(consumer: &impl Consumer, topic: &str, timeout: Duration) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .expect("metadata");
+        let ids: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|listed| listed.error().is_none())
+            .flat_map(|listed| listed.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        if !ids.is_empty() || std::time::Instant::now() >= deadline {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The partition's high watermark. A topic created a moment ago answers "not leader" until its
 /// leader is elected, which is waited out up to `timeout`.
 fn end_offset(consumer: &StreamConsumer, topic: &str, partition: i32, timeout: Duration) -> i64 {
@@ -159,14 +181,11 @@ impl ReplyListener {
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let timeout = Duration::from_secs(10);
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .expect("metadata");
             let mut assignment = TopicPartitionList::new();
-            for partition in metadata.topics()[0].partitions() {
-                let end = end_offset(&consumer, &topic, partition.id(), timeout);
+            for partition in partition_ids(&consumer, &topic, timeout) {
+                let end = end_offset(&consumer, &topic, partition, timeout);
                 assignment
-                    .add_partition_offset(&topic, partition.id(), Offset::Offset(end))
+                    .add_partition_offset(&topic, partition, Offset::Offset(end))
                     .expect("assignment");
             }
             assert!(assignment.count() > 0, "topic {topic} has no partitions");
