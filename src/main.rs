@@ -10,10 +10,9 @@ use hawkeye_customer_cache::config::{
     ApiArgs, ConfigError, HttpSettings, KafkaSettings, PushSettings, RefreshSettings, Rule,
     ServeSettings, StoreArgs, StoreSettings,
 };
-use hawkeye_customer_cache::kafka::replay_dlq::{self, ReplayOptions};
-use hawkeye_customer_cache::profile::publish;
 use hawkeye_customer_cache::service::{self, RunSettings};
-use hawkeye_customer_cache::stores::{rebuild, verify};
+use hawkeye_customer_cache::tools::replay_dlq::{self, ReplayOptions};
+use hawkeye_customer_cache::tools::{publish, rebuild, verify};
 use hawkeye_customer_cache::{observe, shutdown};
 
 /// mimalloc rather than glibc's malloc: see `Cargo.toml`.

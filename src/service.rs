@@ -26,7 +26,7 @@ use crate::kafka::notifications::Notifier;
 use crate::kafka::statistics::StatisticsSink;
 use crate::kafka::ServiceProducer;
 use crate::observe::{http, Metrics};
-use crate::profile::pipeline::{PipelineSettings, ProfilePipeline};
+use crate::push::pipeline::{PipelineSettings, ProfilePipeline};
 use crate::stores::{CassandraStore, ProfileStores, RedisStore};
 use crate::supervisor::Supervisor;
 

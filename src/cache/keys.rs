@@ -3,7 +3,7 @@
 //! hash tag that puts it into the live hash's slot, `{ENVIRONMENT_NAME:hawkeye:customer_cache}`,
 //! so that the publish script may touch them all on a Redis Cluster.
 
-use crate::stores::slots::same_slot_name;
+use crate::stores::redis::slots::same_slot_name;
 
 #[derive(Debug, Clone)]
 pub struct CacheKeys {

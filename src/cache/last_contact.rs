@@ -15,7 +15,8 @@ use serde_json::value::RawValue;
 use super::filter::parse_last_contact;
 use super::keys::CacheKeys;
 use super::snapshot::CHANGES_MAX_LEN;
-use crate::profile::{LastContact, LastContactSink, ProfileUpdate};
+use crate::profile::{LastContact, ProfileUpdate};
+use crate::push::LastContactSink;
 use crate::stores::{RedisStore, StoreError};
 
 /// Compare-and-set rounds before `push_last_contact` gives up on a serial others keep changing.

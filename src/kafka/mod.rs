@@ -6,7 +6,6 @@ pub mod dead_letters;
 pub mod ingress;
 pub mod notifications;
 pub mod offsets;
-pub mod replay_dlq;
 pub mod request_reply;
 pub mod statistics;
 

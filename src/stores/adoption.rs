@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
+use super::cassandra::lives::{Life, LIFE_REMEMBERED_FOR};
+use super::cassandra::scan::ProfileScan;
 use super::cassandra::{Folds, ProfileWriter};
-use super::lives::{Life, LIFE_REMEMBERED_FOR};
 use super::remembered::Remembered;
-use super::scan::ProfileScan;
 use super::stored_profile::StoredProfile;
 use super::{CassandraStore, StoreError};
 use crate::profile::fields::{Field, FIELDS};

@@ -1,21 +1,13 @@
-//! Adapters of the two stores the service writes: Redis and Cassandra/ScyllaDB.
+//! Adapters of the two stores the service writes, Redis and Cassandra/ScyllaDB, and the unit
+//! that writes both at once ([`ProfileStores`]).
 
-mod acknowledged;
 mod adoption;
-mod batches;
 pub mod cassandra;
 mod error;
-pub mod lives;
 pub mod profiles;
-pub mod rebuild;
 pub mod redis;
-mod redis_cluster;
 mod remembered;
-pub mod scan;
-pub mod schema;
-pub mod slots;
 pub mod stored_profile;
-pub mod verify;
 
 pub use self::cassandra::CassandraStore;
 pub use self::error::{CassandraCause, CassandraError, StoreError};

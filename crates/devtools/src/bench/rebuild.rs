@@ -18,10 +18,10 @@ use super::push::{merged_chunks, producer_id};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report};
 use crate::service::{isolated_env, isolated_stores};
-use hawkeye_customer_cache::stores::cassandra::{CassandraStore, ProfileWriter};
-use hawkeye_customer_cache::stores::scan::{
+use hawkeye_customer_cache::stores::cassandra::scan::{
     selected_columns, token_ranges, PAGE_SIZE, RANGES_IN_FLIGHT, TOKEN_RANGES,
 };
+use hawkeye_customer_cache::stores::cassandra::{CassandraStore, ProfileWriter};
 
 /// The target: the rebuild reads and writes at no less than half the scan's rate.
 const TARGET_RATIO: f64 = 0.5;

@@ -21,11 +21,12 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::event::{check_not_ahead, parse_event, parse_tombstone, Rejection};
-use super::{merge, LastContactSink, ProfileUpdate};
+use super::LastContactSink;
 use crate::kafka::dead_letters::{self, DeadLetters};
 use crate::kafka::ingress::Ingress;
 use crate::observe::Metrics;
+use crate::profile::event::{check_not_ahead, parse_event, parse_tombstone, Rejection};
+use crate::profile::{merge, ProfileUpdate};
 use crate::retry::{Failure, Retry, RetryPolicy, Wait};
 use crate::stores::{ProfileStores, StoreError};
 

@@ -14,10 +14,12 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client_log::ClientLog;
-use super::dead_letters::{HEADER_REASON, HEADER_SOURCE_TOPIC, HEADER_VALUE_TRUNCATED};
-use super::{client_config, producer, redact_config_error, wait_for_brokers, ServiceProducer};
 use crate::config::KafkaSettings;
+use crate::kafka::client_log::ClientLog;
+use crate::kafka::dead_letters::{HEADER_REASON, HEADER_SOURCE_TOPIC, HEADER_VALUE_TRUNCATED};
+use crate::kafka::{
+    client_config, producer, redact_config_error, wait_for_brokers, ServiceProducer,
+};
 
 /// Header of a replayed event: the partition of the dead letter it was sent from.
 pub const HEADER_REPLAYED_FROM_PARTITION: &str = "replayed.from.partition";

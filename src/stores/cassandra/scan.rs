@@ -20,10 +20,11 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use super::schema::DELETES_TABLE;
-use super::stored_profile::{last_contact_at, StoredField, StoredProfile};
-use super::{CassandraCause, CassandraStore, StoreError};
+use super::CassandraStore;
 use crate::profile::fields::{FieldSpec, FieldValue, MergeRule, ValueType, FIELDS};
 use crate::profile::ProfileUpdate;
+use crate::stores::stored_profile::{last_contact_at, StoredField, StoredProfile};
+use crate::stores::{CassandraCause, StoreError};
 
 /// Token ranges of a full scan: enough that the parallel readers stay busy to the end.
 pub const TOKEN_RANGES: usize = 64;

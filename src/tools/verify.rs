@@ -10,12 +10,12 @@ use std::sync::Mutex;
 use chrono::DateTime;
 
 use super::rebuild::PROGRESS_EVERY;
-use super::redis::{hash_value, ProfileWriter};
-use super::scan::{with_progress, ProfileScan};
-use super::stored_profile::StoredProfile;
-use super::{cassandra, CassandraStore, RedisStore, StoreError};
 use crate::config::StoreSettings;
 use crate::profile::fields::{FieldValue, FIELDS};
+use crate::stores::cassandra::scan::{with_progress, ProfileScan};
+use crate::stores::redis::{hash_value, ProfileWriter};
+use crate::stores::stored_profile::StoredProfile;
+use crate::stores::{cassandra, CassandraStore, RedisStore, StoreError};
 use crate::sync;
 
 /// Differences kept to be shown.

@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::redis::ProfileWriter;
-use super::scan::{with_progress, ProfileScan};
-use super::{CassandraStore, RedisStore, StoreError};
 use crate::config::StoreSettings;
+use crate::stores::cassandra::scan::{with_progress, ProfileScan};
+use crate::stores::redis::ProfileWriter;
+use crate::stores::{CassandraStore, RedisStore, StoreError};
 use crate::sync;
 
 /// How often the progress line is printed.

@@ -11,16 +11,16 @@ use scylla::client::session::Session;
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 
-use super::{CassandraCause, StoreError};
 use crate::profile::fields::{FIELDS, SMALLEST_WINS_CEILING_MS, SMALLEST_WINS_STEP_MS};
 use crate::retry::{Failure, RetryPolicy};
+use crate::stores::{CassandraCause, StoreError};
 
 /// The CQL of the table, kept in `schemas/` for operators and applied by the service.
-pub const DEVICE_PROFILE_CQL: &str = include_str!("../../schemas/device_profile.cql");
+pub const DEVICE_PROFILE_CQL: &str = include_str!("../../../schemas/device_profile.cql");
 /// The CQL of the table holding the smallest-wins base.
-pub const ADOPTION_CQL: &str = include_str!("../../schemas/device_profile_adoption.cql");
+pub const ADOPTION_CQL: &str = include_str!("../../../schemas/device_profile_adoption.cql");
 /// The CQL of the table of the devices' newest deletes.
-pub const DELETES_CQL: &str = include_str!("../../schemas/device_profile_deletes.cql");
+pub const DELETES_CQL: &str = include_str!("../../../schemas/device_profile_deletes.cql");
 
 pub const TABLE: &str = "device_profile";
 const ADOPTION_TABLE: &str = "device_profile_adoption";

@@ -11,14 +11,14 @@
 //! issue 14).
 //!
 //! Only acknowledged writes are remembered, never attempts. A cell is honoured for at most
-//! [`REMEMBERED_FOR`](super::remembered::REMEMBERED_FOR) after it was written, so that one Cassandra lost after acknowledging it
+//! [`REMEMBERED_FOR`](crate::stores::remembered::REMEMBERED_FOR) after it was written, so that one Cassandra lost after acknowledging it
 //! (a node that died before syncing its commit log, a `TRUNCATE`) is written again by a later
-//! event of its device; and a generation holds at most [`MAX_DEVICES`](super::remembered::MAX_DEVICES) devices, which bounds the
+//! event of its device; and a generation holds at most [`MAX_DEVICES`](crate::stores::remembered::MAX_DEVICES) devices, which bounds the
 //! memory (about 100 bytes a device). Forgetting early is always safe: it only costs a write.
 
 use std::time::Instant;
 
-use super::remembered::Remembered;
+use crate::stores::remembered::Remembered;
 
 /// A cell as Cassandra orders two cells of one column: its timestamp, then its value's bytes
 /// (for the timestamp columns here, the value as an unsigned number).
