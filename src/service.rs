@@ -100,9 +100,10 @@ pub async fn run(mut settings: RunSettings, shutdown: CancellationToken) -> anyh
     )
     .await?;
     let push = ProfilePipeline {
-        consumer: Ingress::subscribe(&settings.kafka, Role::Profiles, &topics.profile_updates)
-            .await?,
-        stores: profiles.clone(),
+        consumer: Box::new(
+            Ingress::subscribe(&settings.kafka, Role::Profiles, &topics.profile_updates).await?,
+        ),
+        stores: Arc::new(profiles.clone()),
         dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
         metrics: metrics.clone(),
         settings: PipelineSettings {

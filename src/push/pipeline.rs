@@ -21,19 +21,18 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::LastContactSink;
+use super::{EventSource, LastContactSink, ProfileWrites};
 use crate::kafka::dead_letters::{self, DeadLetters};
-use crate::kafka::ingress::Ingress;
 use crate::observe::Metrics;
 use crate::profile::event::{check_not_ahead, parse_event, parse_tombstone, Rejection};
 use crate::profile::{merge, ProfileUpdate};
 use crate::retry::{Failure, Retry, RetryPolicy, Wait};
-use crate::stores::{ProfileStores, StoreError};
+use crate::stores::StoreError;
 
 /// Batches written at once: the next batch is fetched, parsed and written while the one
 /// before it is still being written, so the stores are not left idle while one batch's slowest
 /// writes finish. Writes are order-independent, and offsets are stored per record
-/// ([`Ingress::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
+/// ([`EventSource::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
 /// A batch holding a tombstone is the exception: it is written alone.
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -62,8 +61,8 @@ impl Default for PipelineSettings {
 }
 
 pub struct ProfilePipeline {
-    pub consumer: Ingress,
-    pub stores: ProfileStores,
+    pub consumer: Box<dyn EventSource>,
+    pub stores: Arc<dyn ProfileWrites>,
     pub dead_letters: Arc<dyn DeadLetters>,
     pub metrics: Arc<Metrics>,
     pub settings: PipelineSettings,
@@ -395,7 +394,7 @@ impl ProfilePipeline {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut paused = Paused {
-            ingress: &self.consumer,
+            ingress: self.consumer.as_ref(),
             waits: 0,
         };
         let result = tokio::select! {
@@ -426,7 +425,7 @@ impl ProfilePipeline {
 
 /// Waits between attempts by polling the paused partitions.
 struct Paused<'a> {
-    ingress: &'a Ingress,
+    ingress: &'a dyn EventSource,
     waits: u32,
 }
 
