@@ -1,5 +1,5 @@
 //! The one retry policy of the service: capped exponential backoff with jitter, an optional
-//! limit on the calls, and a stricter limit once a failure is permanent. Every retry loop (API
+//! limit on the calls; a permanent failure is final. Every retry loop (API
 //! calls, probe fetches, the refresh's profile writes, the profile push) is this policy with its
 //! own figures; the caller decides which failures are transient, what to record before each
 //! retry, and how to wait (a sleep, or polling a paused consumer).
@@ -50,8 +50,6 @@ impl Failure {
 pub struct RetryPolicy {
     /// Calls in all, the first included; `None`: until one succeeds.
     pub max_attempts: Option<u32>,
-    /// Permanent failures before the policy gives up: 1 makes a permanent failure final.
-    pub max_permanent_failures: u32,
     /// Backoff ceiling after the first failure; doubles after each further failure.
     pub base_delay: Duration,
     /// Cap of the backoff ceiling.
@@ -77,7 +75,6 @@ impl RetryPolicy {
     pub const fn new(base_delay: Duration, max_delay: Duration) -> Self {
         RetryPolicy {
             max_attempts: None,
-            max_permanent_failures: 1,
             base_delay,
             max_delay,
             max_retry_after: max_delay,
@@ -104,12 +101,10 @@ impl RetryPolicy {
         ceiling / 2 + ceiling.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
     }
 
-    /// The failure count of one operation under this policy, for a loop that waits its own way.
-    pub fn backoff(&self) -> Backoff {
+    fn backoff(&self) -> Backoff {
         Backoff {
             policy: *self,
             failures: 0,
-            permanent_failures: 0,
         }
     }
 
@@ -150,22 +145,18 @@ impl RetryPolicy {
 
 /// The consecutive failures of one operation: how long to wait after each, and when to stop.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+struct Backoff {
     policy: RetryPolicy,
     failures: u32,
-    permanent_failures: u32,
 }
 
 impl Backoff {
     /// Records a failed call: the wait before the next one, or `None` once the policy gives up
-    /// (`max_attempts` calls made, or `max_permanent_failures` of them failed permanently).
-    pub fn next_delay(&mut self, failure: Failure) -> Option<Duration> {
+    /// (`max_attempts` calls made, or one failed permanently).
+    fn next_delay(&mut self, failure: Failure) -> Option<Duration> {
         self.failures = self.failures.saturating_add(1);
         if failure == Failure::Permanent {
-            self.permanent_failures = self.permanent_failures.saturating_add(1);
-            if self.permanent_failures >= self.policy.max_permanent_failures {
-                return None;
-            }
+            return None;
         }
         if self
             .policy
@@ -185,7 +176,7 @@ impl Backoff {
     }
 
     /// Failed calls so far.
-    pub fn failures(&self) -> u32 {
+    fn failures(&self) -> u32 {
         self.failures
     }
 }
@@ -247,19 +238,13 @@ mod tests {
     }
 
     #[test]
-    fn without_a_limit_transient_failures_never_end_and_permanent_ones_end_at_theirs() {
-        let forever = RetryPolicy {
-            max_permanent_failures: 3,
-            ..RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5))
-        };
+    fn without_a_limit_transient_failures_never_end_and_a_permanent_one_ends_them() {
+        let forever = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut backoff = forever.backoff();
         for _ in 0..10_000 {
             let delay = backoff.next_delay(Failure::Transient);
             assert!(delay.is_some_and(|delay| delay <= Duration::from_secs(5)));
         }
-        assert!(backoff.next_delay(Failure::Permanent).is_some());
-        assert!(backoff.next_delay(Failure::Transient).is_some());
-        assert!(backoff.next_delay(Failure::Permanent).is_some());
         assert_eq!(backoff.next_delay(Failure::Permanent), None);
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +27,10 @@ use crate::kafka::notifications::Notifier;
 use crate::kafka::statistics::StatisticsSink;
 use crate::kafka::ServiceProducer;
 use crate::observe::{http, Metrics};
+use crate::profile::ProfileUpdate;
 use crate::push::pipeline::{PipelineSettings, ProfilePipeline};
-use crate::stores::{CassandraStore, ProfileStores, RedisStore};
+use crate::push::LastContactSink;
+use crate::stores::{CassandraStore, ProfileStores, RedisStore, StoreError};
 use crate::supervisor::Supervisor;
 
 /// Everything `run` needs, validated.
@@ -185,4 +188,12 @@ fn refresher(
         ),
         cache: LastContactPusher::new(redis, CacheKeys::new(&settings.stores.environment_name)),
     })
+}
+
+/// The customer cache takes the push's stored `last_contact`s: wired here, so that neither job
+/// imports the other.
+impl LastContactSink for LastContactPusher {
+    fn push<'a>(&'a self, updates: &'a [ProfileUpdate]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(LastContactPusher::push(self, updates))
+    }
 }

@@ -112,11 +112,6 @@ impl BruinClient {
         self
     }
 
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
     /// `GET /api/Inventory?ServiceNumber={serial}`: every document, as sent.
     pub async fn inventory(&self, serial: &str) -> Result<Vec<InventoryDocument>, ApiError> {
         let mut url = self.inventory_url.clone();

@@ -18,7 +18,7 @@ use crate::retry::RetryPolicy;
 /// Largest page answer read (a page of a few thousand probes is a few MiB).
 const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Probes asked for per page; the server may send fewer (it caps `limit`).
-const DEFAULT_PAGE_LIMIT: usize = 500;
+const PAGE_LIMIT: usize = 500;
 
 /// One probe as Hawkeye sends it; the fields the cache uses keep their JSON types.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,7 +92,6 @@ pub struct HawkeyeClient {
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     request_timeout: Duration,
-    page_limit: usize,
     /// Whether the cookie store holds a session; cleared when a call answers 401.
     logged_in: AtomicBool,
 }
@@ -112,7 +111,6 @@ impl HawkeyeClient {
             metrics,
             retry: DEFAULT_RETRY_POLICY,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            page_limit: DEFAULT_PAGE_LIMIT,
             logged_in: AtomicBool::new(false),
         })
     }
@@ -124,11 +122,6 @@ impl HawkeyeClient {
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
-        self
-    }
-
-    pub fn with_page_limit(mut self, page_limit: usize) -> Self {
-        self.page_limit = page_limit.max(1);
         self
     }
 
@@ -198,7 +191,7 @@ impl HawkeyeClient {
         let request = self
             .http
             .get(self.probes_url.clone())
-            .query(&[("limit", self.page_limit), ("offset", offset)])
+            .query(&[("limit", PAGE_LIMIT), ("offset", offset)])
             .timeout(self.request_timeout);
         let body = send(api::HAWKEYE, request, MAX_PAGE_BYTES).await?;
         serde_json::from_slice(&body)

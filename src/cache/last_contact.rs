@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use crate::stores::redis::RedisConnection;
-use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -16,7 +15,6 @@ use super::filter::parse_last_contact;
 use super::keys::CacheKeys;
 use super::snapshot::CHANGES_MAX_LEN;
 use crate::profile::{LastContact, ProfileUpdate};
-use crate::push::LastContactSink;
 use crate::stores::{RedisStore, StoreError};
 
 /// Compare-and-set rounds before `push_last_contact` gives up on a serial others keep changing.
@@ -153,12 +151,6 @@ impl LastContactPusher {
                 Ok(())
             }
         }
-    }
-}
-
-impl LastContactSink for LastContactPusher {
-    fn push<'a>(&'a self, updates: &'a [ProfileUpdate]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(LastContactPusher::push(self, updates))
     }
 }
 
