@@ -1,7 +1,8 @@
-//! The customer cache: crossing rules, the refresh job and its triggers, its Redis layout, and
+//! The customer cache: crossing rules and their tally, the refresh job and its triggers, its Redis layout, and
 //! serving requests from an in-memory snapshot kept in step with Redis.
 
 pub mod client;
+pub mod crossing;
 pub mod filter;
 pub mod get;
 pub mod keys;
