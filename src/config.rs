@@ -127,10 +127,6 @@ pub struct KafkaSettings {
     pub extra: std::vec::Vec<(String, Secret)>,
     #[command(flatten)]
     pub topics: Topics,
-    /// Where the long-running clients made from these settings report librdkafka's statistics
-    /// (`run` sets it to its metrics; tools leave it empty).
-    #[arg(skip)]
-    pub statistics: Option<crate::kafka::statistics::StatisticsSink>,
 }
 
 impl KafkaSettings {
@@ -141,7 +137,6 @@ impl KafkaSettings {
             group_id: group_id.into(),
             extra: Vec::new(),
             topics,
-            statistics: None,
         }
     }
 }

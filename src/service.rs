@@ -23,7 +23,6 @@ use crate::kafka;
 use crate::kafka::dead_letters::KafkaDeadLetters;
 use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::notifications::Notifier;
-use crate::kafka::statistics::StatisticsSink;
 use crate::kafka::ServiceProducer;
 use crate::observe::{http, Metrics};
 use crate::profile::pipeline::{PipelineSettings, ProfilePipeline};
@@ -46,10 +45,9 @@ pub struct RunSettings {
 /// How long shutdown waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(mut settings: RunSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new()?);
-    settings.kafka.statistics = Some(StatisticsSink::new(metrics.clone()));
-    let producer = kafka::producer(&settings.kafka)?;
+    let producer = kafka::reporting_producer(&settings.kafka, metrics.clone())?;
     kafka::wait_for_brokers(&producer).await?;
     let topics = &settings.kafka.topics;
     let all_topics: Vec<&str> = topics
@@ -100,8 +98,13 @@ pub async fn run(mut settings: RunSettings, shutdown: CancellationToken) -> anyh
     )
     .await?;
     let push = ProfilePipeline {
-        consumer: Ingress::subscribe(&settings.kafka, Role::Profiles, &topics.profile_updates)
-            .await?,
+        consumer: Ingress::subscribe(
+            &settings.kafka,
+            Role::Profiles,
+            &topics.profile_updates,
+            metrics.clone(),
+        )
+        .await?,
         stores: profiles.clone(),
         dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
         metrics: metrics.clone(),
