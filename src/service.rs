@@ -1,7 +1,6 @@
 //! `run`: connects to Kafka, Redis and Cassandra, starts every task, and on shutdown lets them
 //! finish their in-flight work, commit and flush before returning.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +14,7 @@ use crate::cache::last_contact::LastContactPusher;
 use crate::cache::refresh::Refresher;
 use crate::cache::serve::GetServer;
 use crate::cache::trigger::RefreshTask;
-use crate::config::{
-    BruinSettings, HawkeyeSettings, KafkaSettings, PushSettings, RefreshSettings, ServeSettings,
-    StoreSettings,
-};
+use crate::config::{RunSettings, StoreSettings};
 use crate::kafka;
 use crate::kafka::dead_letters::KafkaDeadLetters;
 use crate::kafka::ingress::{Ingress, Role};
@@ -28,19 +24,6 @@ use crate::observe::{http, Metrics};
 use crate::profile::pipeline::{PipelineSettings, ProfilePipeline};
 use crate::stores::{CassandraStore, ProfileStores, RedisStore};
 use crate::supervisor::Supervisor;
-
-/// Everything `run` needs, validated.
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub kafka: KafkaSettings,
-    pub stores: StoreSettings,
-    pub hawkeye: HawkeyeSettings,
-    pub bruin: BruinSettings,
-    pub refresh: RefreshSettings,
-    pub serve: ServeSettings,
-    pub push: PushSettings,
-    pub http_addr: SocketAddr,
-}
 
 /// How long shutdown waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,12 +132,12 @@ fn cassandra_settings(stores: &StoreSettings) -> String {
     if stores.cassandra_local_dc.is_some() {
         names.push("CASSANDRA_LOCAL_DC");
     }
-    if stores.cassandra_credentials.is_some() {
+    if stores.cassandra_credentials.login().is_some() {
         names.extend(["CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"]);
     }
-    if let Some(tls) = &stores.cassandra_tls {
+    if stores.cassandra_tls.enabled {
         names.push("CASSANDRA_TLS");
-        if tls.ca_file.is_some() {
+        if stores.cassandra_tls.ca_file.is_some() {
             names.push("CASSANDRA_TLS_CA_FILE");
         }
     }
