@@ -16,7 +16,9 @@ pub struct KafkaSettings {
         value_parser = Rule(non_empty)
     )]
     pub brokers: String,
-    /// Consumer group of the service.
+    /// Base of the service's three consumer group ids, one per role:
+    /// `{KAFKA_GROUP_ID}.profiles`, `.requests` and `.refresh` (on their first start they take
+    /// over the offsets of the group `KAFKA_GROUP_ID` that earlier versions used).
     #[arg(
         long = "kafka-group-id",
         value_name = "KAFKA_GROUP_ID",
