@@ -7,10 +7,9 @@ use clap::{Parser, Subcommand};
 
 use hawkeye_customer_cache::cache::{client, trigger};
 use hawkeye_customer_cache::config::{
-    ApiArgs, ConfigError, HttpSettings, KafkaSettings, PushSettings, RefreshSettings, Rule,
-    ServeSettings, StoreArgs, StoreSettings,
+    ConfigError, KafkaSettings, Rule, ServiceSettings, StoreSettings,
 };
-use hawkeye_customer_cache::service::{self, RunSettings};
+use hawkeye_customer_cache::service;
 use hawkeye_customer_cache::tools::replay_dlq::{self, ReplayOptions};
 use hawkeye_customer_cache::tools::{publish, rebuild, verify};
 use hawkeye_customer_cache::{observe, shutdown};
@@ -29,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: profile push, cache refresh and cache requests.
-    Run(Box<RunArgs>),
+    Run(Box<ServiceSettings>),
     /// Ask the running service for a customer cache refresh; prints the trigger's request_id,
     /// which the refresh_succeeded / refresh_failed notification echoes.
     Refresh(Box<KafkaSettings>),
@@ -49,7 +48,7 @@ enum ProfileCommand {
     /// Rebuild every device's Redis hash (and its versions hash) from Cassandra's
     /// device_profile, through the service's own upsert: safe while the service runs. Prints
     /// `rebuilt N devices in S s`.
-    RebuildRedis(Box<StoreArgs>),
+    RebuildRedis(Box<StoreSettings>),
     /// Compare every device in Redis and Cassandra field by field; prints how many differ and
     /// the first differences. Exit code 0 when they agree, 1 when they differ.
     Verify(Box<VerifyArgs>),
@@ -63,7 +62,7 @@ enum ProfileCommand {
 #[derive(clap::Args)]
 struct VerifyArgs {
     #[command(flatten)]
-    stores: StoreArgs,
+    stores: StoreSettings,
     /// Write each differing device from each store into the other, by the merge rules; the
     /// exit code then says whether they still differ.
     #[arg(long)]
@@ -117,41 +116,6 @@ fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    #[command(flatten)]
-    kafka: KafkaSettings,
-    #[command(flatten)]
-    stores: StoreArgs,
-    #[command(flatten)]
-    api: ApiArgs,
-    #[command(flatten)]
-    refresh: RefreshSettings,
-    #[command(flatten)]
-    serve: ServeSettings,
-    #[command(flatten)]
-    push: PushSettings,
-    #[command(flatten)]
-    http: HttpSettings,
-}
-
-impl RunArgs {
-    /// The rules between settings; each value was checked when it was parsed.
-    fn validate(self) -> Result<RunSettings, ConfigError> {
-        let (hawkeye, bruin) = self.api.validate()?;
-        Ok(RunSettings {
-            kafka: self.kafka,
-            stores: self.stores.validate()?,
-            hawkeye,
-            bruin,
-            refresh: self.refresh,
-            serve: self.serve,
-            push: self.push,
-            http_addr: self.http.addr,
-        })
-    }
-}
-
 /// Exit code of a setting that is missing or malformed.
 const EXIT_BAD_SETTING: u8 = 2;
 
@@ -185,12 +149,12 @@ fn main() -> ExitCode {
         Command::Refresh(args) => refresh(&runtime, &args),
         Command::Get(args) => get(&runtime, &args),
         Command::Profile(ProfileCommand::Publish(args)) => publish_profiles(&runtime, &args),
-        Command::Profile(ProfileCommand::RebuildRedis(args)) => match args.validate() {
-            Ok(settings) => rebuild_redis(&runtime, &settings),
+        Command::Profile(ProfileCommand::RebuildRedis(settings)) => match settings.validate() {
+            Ok(()) => rebuild_redis(&runtime, &settings),
             Err(e) => bad_setting(&e),
         },
         Command::Profile(ProfileCommand::Verify(args)) => match args.stores.validate() {
-            Ok(settings) => verify_profiles(&runtime, &settings, args.repair),
+            Ok(()) => verify_profiles(&runtime, &args.stores, args.repair),
             Err(e) => bad_setting(&e),
         },
         Command::Profile(ProfileCommand::ReplayDlq(args)) => replay_dead_letters(&runtime, &args),

@@ -1,7 +1,6 @@
 //! `run`: connects to Kafka, Redis and Cassandra, starts every task, and on shutdown lets them
 //! finish their in-flight work, commit and flush before returning.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +15,11 @@ use crate::cache::last_contact::LastContactPusher;
 use crate::cache::refresh::Refresher;
 use crate::cache::serve::GetServer;
 use crate::cache::trigger::RefreshTask;
-use crate::config::{
-    BruinSettings, HawkeyeSettings, KafkaSettings, PushSettings, RefreshSettings, ServeSettings,
-    StoreSettings,
-};
+use crate::config::{RunSettings, StoreSettings};
 use crate::kafka;
 use crate::kafka::dead_letters::KafkaDeadLetters;
 use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::notifications::Notifier;
-use crate::kafka::statistics::StatisticsSink;
 use crate::kafka::ServiceProducer;
 use crate::observe::{http, Metrics};
 use crate::profile::ProfileUpdate;
@@ -33,26 +28,12 @@ use crate::push::LastContactSink;
 use crate::stores::{CassandraStore, ProfileStores, RedisStore, StoreError};
 use crate::supervisor::Supervisor;
 
-/// Everything `run` needs, validated.
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub kafka: KafkaSettings,
-    pub stores: StoreSettings,
-    pub hawkeye: HawkeyeSettings,
-    pub bruin: BruinSettings,
-    pub refresh: RefreshSettings,
-    pub serve: ServeSettings,
-    pub push: PushSettings,
-    pub http_addr: SocketAddr,
-}
-
 /// How long shutdown waits for the producer to deliver what it still holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(mut settings: RunSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new()?);
-    settings.kafka.statistics = Some(StatisticsSink::new(metrics.clone()));
-    let producer = kafka::producer(&settings.kafka)?;
+    let producer = kafka::reporting_producer(&settings.kafka, metrics.clone())?;
     kafka::wait_for_brokers(&producer).await?;
     let topics = &settings.kafka.topics;
     let all_topics: Vec<&str> = topics
@@ -104,7 +85,13 @@ pub async fn run(mut settings: RunSettings, shutdown: CancellationToken) -> anyh
     .await?;
     let push = ProfilePipeline {
         consumer: Box::new(
-            Ingress::subscribe(&settings.kafka, Role::Profiles, &topics.profile_updates).await?,
+            Ingress::subscribe(
+                &settings.kafka,
+                Role::Profiles,
+                &topics.profile_updates,
+                metrics.clone(),
+            )
+            .await?,
         ),
         stores: Arc::new(profiles.clone()),
         dead_letters: Arc::new(KafkaDeadLetters::new(producer.clone(), &topics.profile_dlq)),
@@ -150,12 +137,12 @@ fn cassandra_settings(stores: &StoreSettings) -> String {
     if stores.cassandra_local_dc.is_some() {
         names.push("CASSANDRA_LOCAL_DC");
     }
-    if stores.cassandra_credentials.is_some() {
+    if stores.cassandra_credentials.login().is_some() {
         names.extend(["CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"]);
     }
-    if let Some(tls) = &stores.cassandra_tls {
+    if stores.cassandra_tls.enabled {
         names.push("CASSANDRA_TLS");
-        if tls.ca_file.is_some() {
+        if stores.cassandra_tls.ca_file.is_some() {
             names.push("CASSANDRA_TLS_CA_FILE");
         }
     }

@@ -146,7 +146,13 @@ impl GetServer {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Ok(GetServer {
-            requests: Ingress::subscribe(kafka, Role::Requests, &[&kafka.topics.get]).await?,
+            requests: Ingress::subscribe(
+                kafka,
+                Role::Requests,
+                &[&kafka.topics.get],
+                metrics.clone(),
+            )
+            .await?,
             producer,
             reader: CacheReader::new(redis.connection(), keys, metrics.clone()),
             metrics,

@@ -79,14 +79,23 @@ pub struct RefreshTask {
 }
 
 impl RefreshTask {
+    /// Subscribes to `TOPIC_REFRESH` in the refresh group, whose lag goes to the refresher's
+    /// metrics.
     pub async fn new(
         refresher: Refresher,
         kafka: &KafkaSettings,
         interval: Duration,
     ) -> anyhow::Result<Self> {
+        let triggers = Ingress::subscribe(
+            kafka,
+            Role::Refresh,
+            &[&kafka.topics.refresh],
+            refresher.metrics.clone(),
+        )
+        .await?;
         Ok(RefreshTask {
             refresher,
-            triggers: Ingress::subscribe(kafka, Role::Refresh, &[&kafka.topics.refresh]).await?,
+            triggers,
             interval,
         })
     }

@@ -6,7 +6,7 @@
 //! same partition that is still being worked on.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +22,7 @@ use super::offsets::PendingOffsets;
 use super::statistics::ClientMetrics;
 use super::{client_config, redact_config_error};
 use crate::config::KafkaSettings;
+use crate::observe::Metrics;
 use crate::sync;
 
 /// Pause after a consumer error, so a broker outage does not spin the loop.
@@ -85,19 +86,21 @@ fn group_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
 }
 
 impl Ingress {
-    /// Joins the role's group on `topics` (which must exist). On the first start after an
-    /// upgrade, the group takes over the offsets the service's former single group
-    /// (`KAFKA_GROUP_ID`) committed, so nothing is read twice or skipped.
+    /// Joins the role's group on `topics` (which must exist); the consumer's lag goes to
+    /// `metrics`. On the first start after an upgrade, the group takes over the offsets the
+    /// service's former single group (`KAFKA_GROUP_ID`) committed, so nothing is read twice or
+    /// skipped.
     pub async fn subscribe(
         settings: &KafkaSettings,
         role: Role,
         topics: &[impl AsRef<str>],
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         let group_id = role.group_id(&settings.group_id);
         adopt_former_offsets(settings, &group_id, &topics).await;
         let mut config = group_config(settings, &group_id);
-        let context = ClientMetrics::consumer(&mut config, settings, &group_id);
+        let context = ClientMetrics::consumer(&mut config, metrics, &group_id);
         let consumer: StreamConsumer<ClientMetrics> = config
             .create_with_context(context)
             .map_err(redact_config_error)

@@ -9,6 +9,7 @@ pub mod offsets;
 pub mod request_reply;
 pub mod statistics;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -21,6 +22,7 @@ use self::client_log::ClientLog;
 use self::statistics::ClientMetrics;
 use crate::config::KafkaSettings;
 use crate::observe::http::ReadinessCheck;
+use crate::observe::Metrics;
 
 /// The producer every task of the service shares.
 pub type ServiceProducer = FutureProducer<ClientMetrics>;
@@ -55,8 +57,25 @@ pub fn redact_config_error(error: KafkaError) -> KafkaError {
 }
 
 /// The producer for dead letters, replies and notifications: idempotent, acknowledged by all
-/// in-sync replicas, compressed (replies can be large).
+/// in-sync replicas, compressed (replies can be large). The operator's tools use it as it is;
+/// the service's shared one is [`reporting_producer`].
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<ServiceProducer> {
+    build_producer(settings, None)
+}
+
+/// [`producer`], its librdkafka statistics (the queue depth) reported to `metrics`: the
+/// service's long-running producer.
+pub fn reporting_producer(
+    settings: &KafkaSettings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<ServiceProducer> {
+    build_producer(settings, Some(metrics))
+}
+
+fn build_producer(
+    settings: &KafkaSettings,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<ServiceProducer> {
     let mut config = client_config(settings);
     config
         .set("enable.idempotence", "true")
@@ -64,7 +83,7 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<ServiceProducer> {
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("message.max.bytes", "10000000");
-    let context = ClientMetrics::producer(&mut config, settings);
+    let context = ClientMetrics::producer(&mut config, metrics);
     let producer = config
         .create_with_context(context)
         .map_err(redact_config_error)

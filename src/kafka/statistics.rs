@@ -4,7 +4,6 @@
 //! also turns each statistics report into gauges.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -14,29 +13,12 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::client_log::{self, ClientLog};
-use crate::config::KafkaSettings;
 use crate::observe::Metrics;
 use crate::sync;
 
 /// How often librdkafka reports its statistics: often enough for a lag alert, rare enough to
 /// cost nothing (each report is a JSON document of every partition).
 const STATISTICS_INTERVAL_MS: &str = "5000";
-
-/// The metrics librdkafka's statistics go to ([`KafkaSettings::statistics`]).
-#[derive(Clone)]
-pub struct StatisticsSink(Arc<Metrics>);
-
-impl StatisticsSink {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        StatisticsSink(metrics)
-    }
-}
-
-impl fmt::Debug for StatisticsSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StatisticsSink")
-    }
-}
 
 /// What a client's statistics say about it.
 enum Reported {
@@ -47,37 +29,34 @@ enum Reported {
 }
 
 /// The context of a long-running client: [`ClientLog`]'s reports, and its statistics as
-/// metrics when its settings name a [`StatisticsSink`].
+/// metrics when it was given the metrics.
 pub struct ClientMetrics {
-    sink: Option<(StatisticsSink, Reported)>,
+    sink: Option<(Arc<Metrics>, Reported)>,
     /// The partitions whose lag this client last reported, so that a partition it no longer
     /// holds (after a rebalance) stops showing a stale figure.
     lagging: Mutex<HashSet<(String, i32)>>,
 }
 
 impl ClientMetrics {
-    /// The context of a consumer of `group`, turning on statistics in `config` when `settings`
-    /// have a sink.
-    pub fn consumer(config: &mut ClientConfig, settings: &KafkaSettings, group: &str) -> Self {
-        Self::new(
-            config,
-            settings,
-            Reported::ConsumerLag {
-                group: group.to_string(),
-            },
-        )
+    /// The context of a consumer of `group`, turning on statistics in `config`: its lag goes
+    /// to `metrics`.
+    pub fn consumer(config: &mut ClientConfig, metrics: Arc<Metrics>, group: &str) -> Self {
+        let reported = Reported::ConsumerLag {
+            group: group.to_string(),
+        };
+        Self::new(config, Some(metrics), reported)
     }
 
-    /// The context of a producer, turning on statistics in `config` when `settings` have a
-    /// sink.
-    pub fn producer(config: &mut ClientConfig, settings: &KafkaSettings) -> Self {
-        Self::new(config, settings, Reported::ProducerQueue)
+    /// The context of a producer; with `metrics`, statistics are turned on in `config` and its
+    /// queue depth goes there.
+    pub fn producer(config: &mut ClientConfig, metrics: Option<Arc<Metrics>>) -> Self {
+        Self::new(config, metrics, Reported::ProducerQueue)
     }
 
-    fn new(config: &mut ClientConfig, settings: &KafkaSettings, reported: Reported) -> Self {
-        let sink = settings.statistics.clone().map(|sink| {
+    fn new(config: &mut ClientConfig, metrics: Option<Arc<Metrics>>, reported: Reported) -> Self {
+        let sink = metrics.map(|metrics| {
             config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-            (sink, reported)
+            (metrics, reported)
         });
         ClientMetrics {
             sink,
@@ -136,7 +115,7 @@ impl ClientContext for ClientMetrics {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let Some((StatisticsSink(metrics), reported)) = &self.sink else {
+        let Some((metrics, reported)) = &self.sink else {
             return;
         };
         match reported {
@@ -194,14 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_without_metrics_has_no_statistics() {
+        let mut config = ClientConfig::new();
+        let context = ClientMetrics::producer(&mut config, None);
+        assert_eq!(config.get("statistics.interval.ms"), None);
+        assert!(context.sink.is_none());
+    }
+
+    #[test]
     fn a_partition_no_longer_reported_loses_its_gauge() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let settings = KafkaSettings {
-            statistics: Some(StatisticsSink::new(metrics.clone())),
-            ..KafkaSettings::new("b:1", "g", crate::config::Topics::example())
-        };
         let mut config = ClientConfig::new();
-        let context = ClientMetrics::consumer(&mut config, &settings, "g.profiles");
+        let context = ClientMetrics::consumer(&mut config, metrics.clone(), "g.profiles");
         assert_eq!(
             config.get("statistics.interval.ms"),
             Some(STATISTICS_INTERVAL_MS)

@@ -27,7 +27,7 @@ use crate::common::service::isolated_env;
 use crate::common::{unique, ServiceProcess};
 use crate::harness::{dead_letters_of, refused_start_up, start_and_push_one};
 use crate::own_cassandra::OwnCassandra;
-use hawkeye_customer_cache::config::{Secret, StoreSettings};
+use hawkeye_customer_cache::config::{CassandraCredentials, Secret, StoreSettings};
 use hawkeye_customer_cache::profile::{ProfileUpdate, TextField};
 use hawkeye_customer_cache::stores::cassandra::ProfileWriter;
 use hawkeye_customer_cache::stores::CassandraStore;
@@ -155,7 +155,10 @@ async fn the_writer_reports_only_the_refused_device_of_a_batch(
         vec![env["CASSANDRA_NODES"].clone()],
     );
     settings.cassandra_keyspace = env["CASSANDRA_KEYSPACE"].clone();
-    settings.cassandra_credentials = Some((ROLE.into(), Secret::new(PASSWORD)));
+    settings.cassandra_credentials = CassandraCredentials {
+        username: ROLE.into(),
+        password: Secret::new(PASSWORD),
+    };
     let store = CassandraStore::connect(&settings)
         .await
         .expect("connect as the role");

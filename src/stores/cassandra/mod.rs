@@ -72,12 +72,12 @@ async fn session(settings: &StoreSettings) -> Result<Session, StoreError> {
         .known_nodes(&settings.cassandra_nodes)
         .connection_timeout(Duration::from_secs(5))
         .default_execution_profile_handle(execution_profile(settings));
-    if let Some((user, password)) = &settings.cassandra_credentials {
+    if let Some((user, password)) = settings.cassandra_credentials.login() {
         builder = builder.user(user, password.expose());
     }
-    if let Some(tls) = &settings.cassandra_tls {
-        let connector =
-            tls_connector(tls).map_err(|e| StoreError::cassandra("cannot set up TLS", e))?;
+    if settings.cassandra_tls.enabled {
+        let connector = tls_connector(&settings.cassandra_tls)
+            .map_err(|e| StoreError::cassandra("cannot set up TLS", e))?;
         builder = builder.tls_context(Some(connector));
     }
     builder
