@@ -13,15 +13,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{eventually, producer};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
 
-use crate::common::profiles::{eventually, producer};
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 use crate::harness::{
     assert_all_latest_in, committed_records, count_latest, produce_all, produce_paced, size,
     topic_records, Figures, VersionedStream,
@@ -96,8 +95,8 @@ async fn second_node_stopped_mid_stream(
         "{'class': 'SimpleStrategy', 'replication_factor': 2}".into(),
     );
     let stream = VersionedStream::new("cluster", size(1_000, 10_000), 3);
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let session = reader(&env).await;
     let replication = cluster.cql(&format!(
         "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = '{}'",
@@ -113,7 +112,7 @@ async fn second_node_stopped_mid_stream(
 
     produce_all(&producer, &topic, &version_events(&stream, 1)).await;
     assert_all_latest_in(&env, &up_to(&stream, 1), WAIT, &session).await;
-    let retries_before = metric(&service, CASSANDRA_RETRIES).await;
+    let retries_before = service.metric(CASSANDRA_RETRIES).await.unwrap();
 
     let mid_stream = {
         let (producer, topic, events) =
@@ -134,7 +133,7 @@ async fn second_node_stopped_mid_stream(
         produced_all_at: Instant::now(),
     };
     while_down(&service, &session, &stream, &outage).await;
-    let retries_down = metric(&service, CASSANDRA_RETRIES).await;
+    let retries_down = service.metric(CASSANDRA_RETRIES).await.unwrap();
 
     println!("fault: starting {SECOND_NODE} again");
     cluster.restart(SECOND_NODE);
@@ -146,7 +145,7 @@ async fn second_node_stopped_mid_stream(
     })
     .await;
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     println!(
         "{consistency}: Cassandra write retries {retries_before} before the stop, \
          {retries_down} once the node was down"
@@ -199,12 +198,12 @@ async fn at_quorum_a_stopped_node_of_two_pauses_the_push_until_it_returns() {
         let group = format!("{}.profiles", env["KAFKA_GROUP_ID"]);
         // Every write is Unavailable: retried with the partitions paused.
         eventually(WAIT, "Cassandra writes retried", || async {
-            (metric(service, CASSANDRA_RETRIES).await > outage.retries_before).then_some(())
+            (service.metric(CASSANDRA_RETRIES).await.unwrap() > outage.retries_before).then_some(())
         })
         .await;
-        let paused_at = metric(service, CASSANDRA_RETRIES).await;
+        let paused_at = service.metric(CASSANDRA_RETRIES).await.unwrap();
         tokio::time::sleep(Duration::from_secs(8)).await;
-        let paused_until = metric(service, CASSANDRA_RETRIES).await;
+        let paused_until = service.metric(CASSANDRA_RETRIES).await.unwrap();
         assert!(
             paused_until > paused_at,
             "still retrying 8 s later ({paused_at} then {paused_until} retries)"

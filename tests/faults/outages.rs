@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::profiles::producer;
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::producer;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+
 use crate::harness::{
     assert_all_latest, committed_records, produce_all, size, topic_records, Figures, StoppedServer,
     VersionedStream,
@@ -34,8 +34,8 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     let started = Instant::now();
     let outage = Duration::from_secs(size(8, 30));
     let stream = VersionedStream::new(server, size(1_000, 10_000), 3);
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env: HashMap<String, String> = service.env.clone();
     let topic = env["TOPIC_PROFILE_UPDATES"].clone();
     let producer = producer();
@@ -61,7 +61,7 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
         let series =
             format!("hawkeye_customer_cache_store_write_retries_total{{store=\"{store}\"}}");
         let deadline = Instant::now() + WAIT;
-        while metric(&service, &series).await == 0.0 {
+        while service.metric(&series).await.unwrap() == 0.0 {
             assert!(
                 Instant::now() < deadline,
                 "the service never retried {store}"
@@ -87,8 +87,8 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     let stored = assert_all_latest(&env, &stream, WAIT).await;
     assert_eq!(topic_records(&topic).await, stream.len() as i64);
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    service.wait_ready(WAIT).await;
-    assert!(service.terminate().await.success());
+    service.wait_ready(WAIT).await.unwrap();
+    assert!(service.terminate().await.unwrap().success());
     Figures {
         scenario: &format!("{server} stopped {} s mid-stream", outage.as_secs()),
         produced: stream.len(),
