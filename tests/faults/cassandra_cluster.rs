@@ -31,26 +31,6 @@ const WAIT: Duration = Duration::from_secs(120);
 const CASSANDRA_RETRIES: &str =
     "hawkeye_customer_cache_store_write_retries_total{store=\"cassandra\"}";
 
-/// Events of `version` for every device of `stream`.
-fn version_events(stream: &VersionedStream, version: i64) -> Vec<(String, Vec<u8>)> {
-    stream
-        .devices
-        .iter()
-        .map(|device| {
-            let value = VersionedStream::event(device, version).to_string();
-            (device.clone(), value.into_bytes())
-        })
-        .collect()
-}
-
-/// `stream` up to `version`: the devices whose latest version is `version`.
-fn up_to(stream: &VersionedStream, version: i64) -> VersionedStream {
-    VersionedStream {
-        devices: stream.devices.clone(),
-        versions: version,
-    }
-}
-
 /// A session to the nodes of `env` reading at `ONE`: with a node down, the live one answers.
 async fn reader(env: &HashMap<String, String>) -> Session {
     let nodes: Vec<&str> = env["CASSANDRA_NODES"].split(',').collect();
@@ -110,13 +90,12 @@ async fn second_node_stopped_mid_stream(
     let group = format!("{}.profiles", env["KAFKA_GROUP_ID"]);
     let producer = producer();
 
-    produce_all(&producer, &topic, &version_events(&stream, 1)).await;
-    assert_all_latest_in(&env, &up_to(&stream, 1), WAIT, &session).await;
+    produce_all(&producer, &topic, &stream.version_events(1)).await;
+    assert_all_latest_in(&env, &stream.up_to(1), WAIT, &session).await;
     let retries_before = service.metric(CASSANDRA_RETRIES).await.unwrap();
 
     let mid_stream = {
-        let (producer, topic, events) =
-            (producer.clone(), topic.clone(), version_events(&stream, 2));
+        let (producer, topic, events) = (producer.clone(), topic.clone(), stream.version_events(2));
         tokio::spawn(async move {
             produce_paced(&producer, &topic, &events, 10, Duration::from_millis(300)).await
         })
@@ -126,7 +105,7 @@ async fn second_node_stopped_mid_stream(
     cluster.stop(SECOND_NODE);
     let produced_at_stop = topic_records(&topic).await;
     mid_stream.await.expect("the events produced mid-stream");
-    produce_all(&producer, &topic, &version_events(&stream, 3)).await;
+    produce_all(&producer, &topic, &stream.version_events(3)).await;
     let outage = Outage {
         produced_at_stop,
         retries_before,

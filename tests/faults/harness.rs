@@ -166,13 +166,28 @@ impl VersionedStream {
     /// Every event, version by version, as (key, value).
     pub fn events(&self) -> Vec<(String, Vec<u8>)> {
         (1..=self.versions)
-            .flat_map(|version| {
-                self.devices.iter().map(move |device| {
-                    let value = Self::event(device, version).to_string().into_bytes();
-                    (device.clone(), value)
-                })
+            .flat_map(|version| self.version_events(version))
+            .collect()
+    }
+
+    /// The events of `version`, one per device, as (key, value).
+    pub fn version_events(&self, version: i64) -> Vec<(String, Vec<u8>)> {
+        self.devices
+            .iter()
+            .map(|device| {
+                let value = Self::event(device, version).to_string().into_bytes();
+                (device.clone(), value)
             })
             .collect()
+    }
+
+    /// The same devices with `version` as their latest: what the stores hold once the
+    /// versions up to it are in.
+    pub fn up_to(&self, version: i64) -> VersionedStream {
+        VersionedStream {
+            devices: self.devices.clone(),
+            versions: version,
+        }
     }
 }
 

@@ -16,18 +16,6 @@ use crate::harness::{
 
 const WAIT: Duration = Duration::from_secs(180);
 
-/// Events of `version` for every device of `stream`.
-fn version_events(stream: &VersionedStream, version: i64) -> Vec<(String, Vec<u8>)> {
-    stream
-        .devices
-        .iter()
-        .map(|device| {
-            let value = VersionedStream::event(device, version).to_string();
-            (device.clone(), value.into_bytes())
-        })
-        .collect()
-}
-
 /// Version 1 lands, `server` stops, version 2 is produced into the outage, the server comes
 /// back after `outage`, version 3 is produced; every device must end at version 3.
 async fn outage_of(server: &'static str, store_label: Option<&str>) {
@@ -40,20 +28,15 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     let topic = env["TOPIC_PROFILE_UPDATES"].clone();
     let producer = producer();
 
-    produce_all(&producer, &topic, &version_events(&stream, 1)).await;
-    let first = VersionedStream {
-        devices: stream.devices.clone(),
-        versions: 1,
-    };
-    assert_all_latest(&env, &first, WAIT).await;
+    produce_all(&producer, &topic, &stream.version_events(1)).await;
+    assert_all_latest(&env, &stream.up_to(1), WAIT).await;
     let committed_before =
         committed_records(&format!("{}.profiles", env["KAFKA_GROUP_ID"]), &topic).await;
     let produced_before = topic_records(&topic).await;
 
     let stopped = StoppedServer::stop(server);
     let during = {
-        let (producer, topic, events) =
-            (producer.clone(), topic.clone(), version_events(&stream, 2));
+        let (producer, topic, events) = (producer.clone(), topic.clone(), stream.version_events(2));
         // Against a stopped broker the producer keeps its events until the broker is back.
         tokio::spawn(async move { produce_all(&producer, &topic, &events).await })
     };
@@ -82,7 +65,7 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     }
     stopped.restart();
     during.await.expect("the events produced into the outage");
-    produce_all(&producer, &topic, &version_events(&stream, 3)).await;
+    produce_all(&producer, &topic, &stream.version_events(3)).await;
 
     let stored = assert_all_latest(&env, &stream, WAIT).await;
     assert_eq!(topic_records(&topic).await, stream.len() as i64);
