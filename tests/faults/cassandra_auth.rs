@@ -19,12 +19,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, eventually, header, produce_json, producer,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::unique;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
-use crate::common::profiles::{cassandra_row, eventually, header, produce_json, producer};
-use crate::common::service::isolated_env;
-use crate::common::{unique, ServiceProcess};
 use crate::harness::{dead_letters_of, refused_start_up, start_and_push_one};
 use crate::own_cassandra::OwnCassandra;
 use hawkeye_customer_cache::config::{CassandraCredentials, Secret, StoreSettings};
@@ -80,7 +83,7 @@ async fn profiles_land_in_a_password_protected_cassandra_and_a_wrong_password_st
     )
     .await;
     smallest_wins_fields_land_under_the_guardrail(&reader, &env, &device).await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     a_refused_device_leaves_the_others_of_its_batch_written(&reader, &env).await;
     the_writer_reports_only_the_refused_device_of_a_batch(&reader, &env).await;
 
@@ -115,8 +118,8 @@ async fn a_refused_device_leaves_the_others_of_its_batch_written(
     let event = json!({"device_id": refused, "city": "Refused", "uaspec": items});
     produce_json(&producer, env, &event).await;
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(120)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(120)).await.unwrap();
     for device in &good {
         eventually(
             Duration::from_secs(60),
@@ -140,7 +143,7 @@ async fn a_refused_device_leaves_the_others_of_its_batch_written(
         cassandra_row(role, env, &refused).await.is_none(),
         "the refused device has no row"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 /// The Cassandra writer itself, given one upsert of devices that share a batch, one of them

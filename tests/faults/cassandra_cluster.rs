@@ -13,15 +13,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{eventually, producer};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
 
-use crate::common::profiles::{eventually, producer};
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 use crate::harness::{
     assert_all_latest_in, committed_records, count_latest, produce_all, produce_paced, size,
     topic_records, Figures, VersionedStream,
@@ -31,26 +30,6 @@ use crate::own_cassandra::{OwnCassandra, SECOND_NODE};
 const WAIT: Duration = Duration::from_secs(120);
 const CASSANDRA_RETRIES: &str =
     "hawkeye_customer_cache_store_write_retries_total{store=\"cassandra\"}";
-
-/// Events of `version` for every device of `stream`.
-fn version_events(stream: &VersionedStream, version: i64) -> Vec<(String, Vec<u8>)> {
-    stream
-        .devices
-        .iter()
-        .map(|device| {
-            let value = VersionedStream::event(device, version).to_string();
-            (device.clone(), value.into_bytes())
-        })
-        .collect()
-}
-
-/// `stream` up to `version`: the devices whose latest version is `version`.
-fn up_to(stream: &VersionedStream, version: i64) -> VersionedStream {
-    VersionedStream {
-        devices: stream.devices.clone(),
-        versions: version,
-    }
-}
 
 /// A session to the nodes of `env` reading at `ONE`: with a node down, the live one answers.
 async fn reader(env: &HashMap<String, String>) -> Session {
@@ -96,8 +75,8 @@ async fn second_node_stopped_mid_stream(
         "{'class': 'SimpleStrategy', 'replication_factor': 2}".into(),
     );
     let stream = VersionedStream::new("cluster", size(1_000, 10_000), 3);
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let session = reader(&env).await;
     let replication = cluster.cql(&format!(
         "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = '{}'",
@@ -111,13 +90,12 @@ async fn second_node_stopped_mid_stream(
     let group = format!("{}.profiles", env["KAFKA_GROUP_ID"]);
     let producer = producer();
 
-    produce_all(&producer, &topic, &version_events(&stream, 1)).await;
-    assert_all_latest_in(&env, &up_to(&stream, 1), WAIT, &session).await;
-    let retries_before = metric(&service, CASSANDRA_RETRIES).await;
+    produce_all(&producer, &topic, &stream.version_events(1)).await;
+    assert_all_latest_in(&env, &stream.up_to(1), WAIT, &session).await;
+    let retries_before = service.metric(CASSANDRA_RETRIES).await.unwrap();
 
     let mid_stream = {
-        let (producer, topic, events) =
-            (producer.clone(), topic.clone(), version_events(&stream, 2));
+        let (producer, topic, events) = (producer.clone(), topic.clone(), stream.version_events(2));
         tokio::spawn(async move {
             produce_paced(&producer, &topic, &events, 10, Duration::from_millis(300)).await
         })
@@ -127,14 +105,14 @@ async fn second_node_stopped_mid_stream(
     cluster.stop(SECOND_NODE);
     let produced_at_stop = topic_records(&topic).await;
     mid_stream.await.expect("the events produced mid-stream");
-    produce_all(&producer, &topic, &version_events(&stream, 3)).await;
+    produce_all(&producer, &topic, &stream.version_events(3)).await;
     let outage = Outage {
         produced_at_stop,
         retries_before,
         produced_all_at: Instant::now(),
     };
     while_down(&service, &session, &stream, &outage).await;
-    let retries_down = metric(&service, CASSANDRA_RETRIES).await;
+    let retries_down = service.metric(CASSANDRA_RETRIES).await.unwrap();
 
     println!("fault: starting {SECOND_NODE} again");
     cluster.restart(SECOND_NODE);
@@ -146,7 +124,7 @@ async fn second_node_stopped_mid_stream(
     })
     .await;
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     println!(
         "{consistency}: Cassandra write retries {retries_before} before the stop, \
          {retries_down} once the node was down"
@@ -199,12 +177,12 @@ async fn at_quorum_a_stopped_node_of_two_pauses_the_push_until_it_returns() {
         let group = format!("{}.profiles", env["KAFKA_GROUP_ID"]);
         // Every write is Unavailable: retried with the partitions paused.
         eventually(WAIT, "Cassandra writes retried", || async {
-            (metric(service, CASSANDRA_RETRIES).await > outage.retries_before).then_some(())
+            (service.metric(CASSANDRA_RETRIES).await.unwrap() > outage.retries_before).then_some(())
         })
         .await;
-        let paused_at = metric(service, CASSANDRA_RETRIES).await;
+        let paused_at = service.metric(CASSANDRA_RETRIES).await.unwrap();
         tokio::time::sleep(Duration::from_secs(8)).await;
-        let paused_until = metric(service, CASSANDRA_RETRIES).await;
+        let paused_until = service.metric(CASSANDRA_RETRIES).await.unwrap();
         assert!(
             paused_until > paused_at,
             "still retrying 8 s later ({paused_at} then {paused_until} retries)"

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use crate::common::profiles::eventually;
-use crate::common::service::isolated_env;
+use hawkeye_devtools::testkit::profiles::eventually;
+use hawkeye_devtools::testkit::service::isolated_env;
+
 use crate::harness::{refused_start_up, start_and_push_one};
 use crate::own_cassandra::OwnCassandra;
 
@@ -31,7 +32,7 @@ async fn profiles_reach_a_tls_only_cassandra_and_untrusted_or_plain_connections_
         || async { cassandra.cql(&select).contains("Secure").then_some(()) },
     )
     .await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // The system's roots do not know the node's self-signed certificate.
     env.remove("CASSANDRA_TLS_CA_FILE");

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{produce_json, producer, TopicReader};
+use hawkeye_devtools::testkit::service::{binary, run_to_exit};
+use hawkeye_devtools::testkit::{cassandra_session, stack, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -15,10 +19,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use serde_json::{json, Value};
-
-use crate::common::profiles::{produce_json, producer, TopicReader};
-use crate::common::service::run_to_exit;
-use crate::common::{cassandra_session, stack, unique, ServiceProcess};
 
 /// `FAULTS_FULL=1` runs the full sizes of RELIABILITY.md; the default is CI's quick subset.
 pub fn full() -> bool {
@@ -47,8 +47,8 @@ pub fn with_short_sessions(mut env: HashMap<String, String>) -> HashMap<String, 
 /// Starts the service with `env` (a store with credentials) and publishes one profile event
 /// with `city = "Secure"`; returns the running service and the event's device.
 pub async fn start_and_push_one(env: &HashMap<String, String>) -> (ServiceProcess, String) {
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(120)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(120)).await.unwrap();
     let device = unique("auth");
     produce_json(
         &producer(),
@@ -166,13 +166,28 @@ impl VersionedStream {
     /// Every event, version by version, as (key, value).
     pub fn events(&self) -> Vec<(String, Vec<u8>)> {
         (1..=self.versions)
-            .flat_map(|version| {
-                self.devices.iter().map(move |device| {
-                    let value = Self::event(device, version).to_string().into_bytes();
-                    (device.clone(), value)
-                })
+            .flat_map(|version| self.version_events(version))
+            .collect()
+    }
+
+    /// The events of `version`, one per device, as (key, value).
+    pub fn version_events(&self, version: i64) -> Vec<(String, Vec<u8>)> {
+        self.devices
+            .iter()
+            .map(|device| {
+                let value = Self::event(device, version).to_string().into_bytes();
+                (device.clone(), value)
             })
             .collect()
+    }
+
+    /// The same devices with `version` as their latest: what the stores hold once the
+    /// versions up to it are in.
+    pub fn up_to(&self, version: i64) -> VersionedStream {
+        VersionedStream {
+            devices: self.devices.clone(),
+            versions: version,
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::producer;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use rand::Rng;
 
-use crate::common::profiles::producer;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 use crate::harness::{
     assert_all_latest, produce_paced, size, topic_records, with_short_sessions, Figures,
     VersionedStream,
@@ -19,8 +19,8 @@ async fn kill_9_mid_push_loses_nothing() {
     let started = Instant::now();
     let (devices, kills) = size((2_500, 2), (25_000, 5));
     let stream = VersionedStream::new("kill9", devices, 4);
-    let mut service = ServiceProcess::start(with_short_sessions(isolated_env()));
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), with_short_sessions(isolated_env())).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
 
     let push = {
@@ -44,8 +44,8 @@ async fn kill_9_mid_push_loses_nothing() {
         // Dropping the child process sends SIGKILL (kill_on_drop): no shutdown, no final commit.
         drop(service);
         println!("fault: kill -9 number {kill} after {wait} ms");
-        service = ServiceProcess::start(env.clone());
-        service.wait_ready(Duration::from_secs(60)).await;
+        service = ServiceProcess::start(binary(), env.clone()).unwrap();
+        service.wait_ready(Duration::from_secs(60)).await.unwrap();
     }
     push.await.expect("the push");
     let produced = topic_records(&env["TOPIC_PROFILE_UPDATES"]).await;
@@ -57,7 +57,7 @@ async fn kill_9_mid_push_loses_nothing() {
         0,
         "nothing dead-lettered"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     Figures {
         scenario: "kill -9 during a push",
         produced: stream.len(),

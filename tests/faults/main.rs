@@ -14,10 +14,6 @@
 //!
 //! Each scenario prints a `FIGURES | ...` line: the rows of RELIABILITY.md.
 
-#[allow(dead_code)]
-#[path = "../it/common/mod.rs"]
-mod common;
-
 mod cassandra_auth;
 mod cassandra_cluster;
 mod cassandra_tls;

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::profiles::producer;
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::producer;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+
 use crate::harness::{
     assert_all_latest, committed_records, produce_all, size, topic_records, Figures, StoppedServer,
     VersionedStream,
@@ -16,44 +16,27 @@ use crate::harness::{
 
 const WAIT: Duration = Duration::from_secs(180);
 
-/// Events of `version` for every device of `stream`.
-fn version_events(stream: &VersionedStream, version: i64) -> Vec<(String, Vec<u8>)> {
-    stream
-        .devices
-        .iter()
-        .map(|device| {
-            let value = VersionedStream::event(device, version).to_string();
-            (device.clone(), value.into_bytes())
-        })
-        .collect()
-}
-
 /// Version 1 lands, `server` stops, version 2 is produced into the outage, the server comes
 /// back after `outage`, version 3 is produced; every device must end at version 3.
 async fn outage_of(server: &'static str, store_label: Option<&str>) {
     let started = Instant::now();
     let outage = Duration::from_secs(size(8, 30));
     let stream = VersionedStream::new(server, size(1_000, 10_000), 3);
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env: HashMap<String, String> = service.env.clone();
     let topic = env["TOPIC_PROFILE_UPDATES"].clone();
     let producer = producer();
 
-    produce_all(&producer, &topic, &version_events(&stream, 1)).await;
-    let first = VersionedStream {
-        devices: stream.devices.clone(),
-        versions: 1,
-    };
-    assert_all_latest(&env, &first, WAIT).await;
+    produce_all(&producer, &topic, &stream.version_events(1)).await;
+    assert_all_latest(&env, &stream.up_to(1), WAIT).await;
     let committed_before =
         committed_records(&format!("{}.profiles", env["KAFKA_GROUP_ID"]), &topic).await;
     let produced_before = topic_records(&topic).await;
 
     let stopped = StoppedServer::stop(server);
     let during = {
-        let (producer, topic, events) =
-            (producer.clone(), topic.clone(), version_events(&stream, 2));
+        let (producer, topic, events) = (producer.clone(), topic.clone(), stream.version_events(2));
         // Against a stopped broker the producer keeps its events until the broker is back.
         tokio::spawn(async move { produce_all(&producer, &topic, &events).await })
     };
@@ -61,7 +44,7 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
         let series =
             format!("hawkeye_customer_cache_store_write_retries_total{{store=\"{store}\"}}");
         let deadline = Instant::now() + WAIT;
-        while metric(&service, &series).await == 0.0 {
+        while service.metric(&series).await.unwrap() == 0.0 {
             assert!(
                 Instant::now() < deadline,
                 "the service never retried {store}"
@@ -82,13 +65,13 @@ async fn outage_of(server: &'static str, store_label: Option<&str>) {
     }
     stopped.restart();
     during.await.expect("the events produced into the outage");
-    produce_all(&producer, &topic, &version_events(&stream, 3)).await;
+    produce_all(&producer, &topic, &stream.version_events(3)).await;
 
     let stored = assert_all_latest(&env, &stream, WAIT).await;
     assert_eq!(topic_records(&topic).await, stream.len() as i64);
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    service.wait_ready(WAIT).await;
-    assert!(service.terminate().await.success());
+    service.wait_ready(WAIT).await.unwrap();
+    assert!(service.terminate().await.unwrap().success());
     Figures {
         scenario: &format!("{server} stopped {} s mid-stream", outage.as_secs()),
         produced: stream.len(),

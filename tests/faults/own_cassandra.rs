@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use crate::common::free_port;
+use hawkeye_devtools::service::free_port;
+
 use crate::own_stack::OwnStack;
 
 pub struct OwnCassandra {

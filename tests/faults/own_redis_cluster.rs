@@ -4,7 +4,8 @@
 
 use std::net::TcpListener;
 
-use crate::common::free_port;
+use hawkeye_devtools::service::free_port;
+
 use crate::own_stack::OwnStack;
 
 pub struct OwnRedisCluster {

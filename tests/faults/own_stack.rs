@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::unique;
+use hawkeye_devtools::testkit::unique;
 
 pub struct OwnStack {
     dir: PathBuf,

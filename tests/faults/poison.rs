@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{header, producer, redis_hash};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use rdkafka::Message;
 use serde_json::json;
 
-use crate::common::profiles::{header, producer, redis_hash};
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 use crate::harness::{
     assert_all_latest, dead_letters_of, produce_all, size, topic_records, Figures, VersionedStream,
 };
@@ -101,8 +101,8 @@ fn good_value(index: usize, device: &str, version: i64) -> Vec<u8> {
 async fn a_poison_mix_is_dead_lettered_and_good_events_land() {
     let started = Instant::now();
     let stream = VersionedStream::new("poison", size(1_000, 10_000), 2);
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
 
     let mut events = Vec::new();
@@ -147,7 +147,7 @@ async fn a_poison_mix_is_dead_lettered_and_good_events_land() {
     );
     service.drain_log();
     assert!(
-        service.terminate().await.success(),
+        service.terminate().await.unwrap().success(),
         "the consumer is still running"
     );
     Figures {

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::profiles::producer;
-use crate::common::refresh::wait_for_log;
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::{free_port, ServiceProcess};
+use hawkeye_devtools::service::{free_port, ServiceProcess};
+use hawkeye_devtools::testkit::profiles::producer;
+use hawkeye_devtools::testkit::refresh::wait_for_log;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+
 use crate::harness::{
     assert_all_latest, produce_paced, size, topic_records, with_short_sessions, Figures,
     VersionedStream,
@@ -21,8 +21,8 @@ const CONSUMED: &str = "hawkeye_customer_cache_profile_events_consumed_total";
 async fn an_instance_joining_and_leaving_mid_stream_loses_nothing() {
     let started = Instant::now();
     let stream = VersionedStream::new("rebalance", size(2_000, 20_000), 4);
-    let mut first = ServiceProcess::start(with_short_sessions(isolated_env()));
-    first.wait_ready(Duration::from_secs(60)).await;
+    let mut first = ServiceProcess::start(binary(), with_short_sessions(isolated_env())).unwrap();
+    first.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = first.env.clone();
 
     let push = {
@@ -34,22 +34,22 @@ async fn an_instance_joining_and_leaving_mid_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut second_env = env.clone();
     second_env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()));
-    let mut second = ServiceProcess::start(second_env);
-    second.wait_ready(Duration::from_secs(60)).await;
+    let mut second = ServiceProcess::start(binary(), second_env).unwrap();
+    second.wait_ready(Duration::from_secs(60)).await.unwrap();
     let profile_topic = format!("{}[", env["TOPIC_PROFILE_UPDATES"]);
     wait_for_log(&mut second, &profile_topic, 1, Duration::from_secs(60)).await;
     // The newcomer really takes part: it processes events of the push before it leaves.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&second, CONSUMED).await == 0.0 {
+    while second.metric(CONSUMED).await.unwrap() == 0.0 {
         assert!(
             Instant::now() < deadline,
             "the second instance processed nothing"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let by_second = metric(&second, CONSUMED).await;
+    let by_second = second.metric(CONSUMED).await.unwrap();
     assert!(
-        second.terminate().await.success(),
+        second.terminate().await.unwrap().success(),
         "the second instance leaves cleanly"
     );
     println!("fault: second instance joined, processed {by_second} events, left");
@@ -61,7 +61,7 @@ async fn an_instance_joining_and_leaving_mid_stream_loses_nothing() {
         stream.len() as i64
     );
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    assert!(first.terminate().await.success());
+    assert!(first.terminate().await.unwrap().success());
     Figures {
         scenario: "a second instance joins and leaves mid-stream",
         produced: stream.len(),

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::free_port;
+use hawkeye_devtools::testkit::service::isolated_env;
 use redis::AsyncCommands;
 
-use crate::common::free_port;
-use crate::common::service::isolated_env;
 use crate::harness::{refused_start_up, start_and_push_one};
 
 /// A redis-server with a password, killed on drop.
@@ -96,7 +96,7 @@ async fn profiles_land_in_a_password_protected_redis_and_a_wrong_password_stops_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     let wrong = "Wrong-Pa55-Never-Shown";
     env.insert("REDIS_URL".into(), redis.url_with(wrong));

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::profiles::producer;
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::producer;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+
 use crate::harness::{
     assert_all_latest, produce_all, produce_paced, size, topic_records, Figures, VersionedStream,
 };
@@ -25,8 +25,8 @@ async fn a_redis_cluster_master_restarted_mid_stream_loses_nothing() {
     let stream = VersionedStream::new("rcluster", size(1_000, 10_000), 3);
     let mut env = isolated_env();
     env.insert("REDIS_URL".into(), cluster.url.clone());
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let topic = env["TOPIC_PROFILE_UPDATES"].clone();
     let producer = producer();
@@ -47,7 +47,7 @@ async fn a_redis_cluster_master_restarted_mid_stream_loses_nothing() {
     cluster.stop_master(2);
     let series = "hawkeye_customer_cache_store_write_retries_total{store=\"redis\"}";
     let deadline = Instant::now() + WAIT;
-    while metric(&service, series).await == 0.0 {
+    while service.metric(series).await.unwrap() == 0.0 {
         assert!(Instant::now() < deadline, "the service never retried Redis");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -62,7 +62,7 @@ async fn a_redis_cluster_master_restarted_mid_stream_loses_nothing() {
     let stored = assert_all_latest(&env, &stream, WAIT).await;
     assert_eq!(topic_records(&topic).await, stream.len() as i64);
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     // The cluster client stalls in some runs (README, "Failover"); say whether this one did.
     let replaced = service
         .log

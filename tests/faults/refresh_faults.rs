@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_devtools::sim::{Fault, Route, RunningSim, SimConfig};
-use redis::AsyncCommands;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::refresh::{
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::refresh::{
     entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
     trigger_refresh,
 };
+use redis::AsyncCommands;
+
 use crate::harness::{full, size, Figures};
 
 const RUN: Duration = Duration::from_secs(180);
@@ -173,7 +173,7 @@ async fn failed_refreshes_keep_the_previous_cache_and_a_successful_one_is_exact(
         expected,
         "the refresh is exact"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     Figures {
         scenario: "Hawkeye/Bruin faults during refreshes (devices in cache)",
         produced: 0,

@@ -10,17 +10,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::profiles::{header, producer};
+use hawkeye_devtools::testkit::request_reply::create_topic_with;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use rand::RngCore;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{header, producer};
-use crate::common::request_reply::{create_topic_with, metric};
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 use crate::harness::{
     assert_all_latest, dead_letters_of, produce_all, size, topic_records, Figures, VersionedStream,
 };
@@ -53,8 +53,8 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
     let env = isolated_env();
     let topic = env["TOPIC_PROFILE_UPDATES"].clone();
     create_topic_with(&topic, 3, &[("max.message.bytes", "5000000")]).await;
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let mut redis = redis_connection().await;
     let prefix = env["REDIS_DEVICE_KEY_PREFIX"].clone();
 
@@ -163,15 +163,19 @@ async fn events_that_can_never_be_written_are_dead_lettered_and_the_stream_goes_
     }
     let deleted = "hawkeye_customer_cache_profile_devices_deleted_total";
     assert_eq!(
-        metric(&service, deleted).await,
+        service.metric(deleted).await.unwrap(),
         deletes as f64,
         "every delete counted"
     );
     let dropped =
         "hawkeye_customer_cache_profile_events_dropped_total{reason=\"dead_letter_refused\"}";
-    assert_eq!(metric(&service, dropped).await, 0.0, "nothing dropped");
+    assert_eq!(
+        service.metric(dropped).await.unwrap(),
+        0.0,
+        "nothing dropped"
+    );
     assert!(
-        service.terminate().await.success(),
+        service.terminate().await.unwrap().success(),
         "the consumer is still running"
     );
     Figures {

@@ -6,15 +6,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::profiles::{producer, TopicReader};
+use hawkeye_devtools::testkit::request_reply::{correlation, json_of};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::unique;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::profiles::{producer, TopicReader};
-use crate::common::request_reply::{correlation, json_of, metric};
-use crate::common::service::isolated_env;
-use crate::common::{unique, ServiceProcess};
 use crate::harness::{
     assert_all_latest, produce_all, size, topic_records, Figures, VersionedStream,
 };
@@ -74,7 +75,7 @@ fn garbage() -> Vec<Option<Vec<u8>>> {
 /// Waits until the metric `series` of `service` is at least `at_least`.
 async fn wait_metric(service: &ServiceProcess, series: &str, at_least: f64) {
     let deadline = Instant::now() + WAIT;
-    while metric(service, series).await < at_least {
+    while service.metric(series).await.unwrap() < at_least {
         assert!(
             Instant::now() < deadline,
             "{series} never reached {at_least}"
@@ -87,8 +88,8 @@ async fn wait_metric(service: &ServiceProcess, series: &str, at_least: f64) {
 #[ignore = "fault suite: run serially by scripts/test (cargo test --test faults -- --ignored)"]
 async fn bad_requests_and_a_burst_get_answers_without_stalling_the_stream() {
     let started = Instant::now();
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let entries: Vec<Value> = (0..200)
@@ -243,7 +244,7 @@ async fn bad_requests_and_a_burst_get_answers_without_stalling_the_stream() {
         .expect("/health");
     assert!(health.status().is_success());
     assert!(
-        service.terminate().await.success(),
+        service.terminate().await.unwrap().success(),
         "still running, stops cleanly"
     );
     cache.remove().await;

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use hawkeye_devtools::sim::SimConfig;
+use hawkeye_devtools::testkit::profiles::{produce, produce_json, producer};
+use hawkeye_devtools::testkit::refresh::{
+    refresh_env, start_sim, start_with_notifications, trigger_refresh,
+};
+use hawkeye_devtools::testkit::request_reply::run_get;
+use hawkeye_devtools::testkit::service::run_to_exit;
+use hawkeye_devtools::testkit::unique;
 use serde_json::json;
 
-use crate::common::profiles::{produce, produce_json, producer};
-use crate::common::refresh::{refresh_env, start_sim, start_with_notifications, trigger_refresh};
-use crate::common::request_reply::run_get;
-use crate::common::service::run_to_exit;
-use crate::common::unique;
 use crate::redis_auth::PasswordRedis;
 
 const HAWKEYE_SECRET: &str = "HkPw-31f9c7e2";
@@ -114,7 +116,7 @@ async fn secrets_appear_in_no_log_line_error_metric_or_endpoint() {
             .expect(path);
         assert_no_secret(path, &body, &secrets);
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     assert!(
         service.log.len() > 50,
         "debug logging was on: {} lines",

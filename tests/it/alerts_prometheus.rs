@@ -7,12 +7,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use hawkeye_devtools::service::{free_port, ServiceProcess};
+use hawkeye_devtools::testkit::profiles::{eventually, produce, produce_json, producer};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
-
-use crate::common::profiles::{eventually, produce, produce_json, producer};
-use crate::common::service::isolated_env;
-use crate::common::{free_port, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ALERT: &str = "HawkeyeCustomerCacheDeadLetters";
@@ -133,8 +132,8 @@ fn only_the_named_alert_gets_the_short_for() {
 
 #[tokio::test]
 async fn a_burst_of_poison_events_fires_the_dead_letter_alert() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let env = service.env.clone();
     let prometheus = Prometheus::start(&env["HTTP_ADDR"], &with_short_for(RULES, ALERT));
     eventually(WAIT, "Prometheus scrapes the service", || async {
@@ -172,5 +171,5 @@ async fn a_burst_of_poison_events_fires_the_dead_letter_alert() {
         (prometheus.alert_state(ALERT).await.as_deref() == Some("firing")).then_some(())
     })
     .await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

@@ -7,9 +7,9 @@ use futures::future::join_all;
 use hawkeye_customer_cache::apis::{ApiError, BruinClient};
 use hawkeye_customer_cache::config::{BruinSettings, Secret};
 use hawkeye_devtools::sim::{Category, Device, Fault, Route, RunningSim, SimConfig};
+use hawkeye_devtools::testkit::refresh::start_sim;
 
 use crate::common::apis::{bruin_client, fast_retry, metrics};
-use crate::common::refresh::start_sim;
 
 fn serials(sim: &RunningSim, count: usize) -> Vec<String> {
     sim.fleet()

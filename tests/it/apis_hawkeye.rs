@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::apis::{ApiError, HawkeyeClient};
 use hawkeye_customer_cache::config::{HawkeyeSettings, Secret};
+use hawkeye_devtools::service::free_port;
 use hawkeye_devtools::sim::{Fault, Route, SimConfig};
+use hawkeye_devtools::testkit::refresh::start_sim;
 
 use crate::common::apis::{fast_retry, hawkeye_client, metrics};
-use crate::common::free_port;
-use crate::common::refresh::start_sim;
 
 fn fleet(devices: usize, page_limit: usize) -> SimConfig {
     SimConfig {

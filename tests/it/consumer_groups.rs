@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{produce_json, producer, redis_hash, wait_for_city};
+use hawkeye_devtools::testkit::request_reply::{create_topic, run_get};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, stack, unique};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-
-use crate::common::profiles::{produce_json, producer, redis_hash, wait_for_city};
-use crate::common::request_reply::{create_topic, run_get};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, stack, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 3;
@@ -65,15 +65,15 @@ fn commit_the_end(group: &str, topic: &str, partitions: i32) {
 async fn each_role_commits_in_its_own_group() {
     let env = isolated_env();
     let group = env["KAFKA_GROUP_ID"].clone();
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let device = unique("groups");
     let event = json!({"device_id": device, "city": "Pune"});
     produce_json(&producer(), &env, &event).await;
     wait_for_city(&env, &cassandra_session().await, &device, "Pune", WAIT).await;
     // Any reply will do (no refresh has run, so 503): the request is then acknowledged.
     run_get(&env, &[]).await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // Each topic has the stack's 3 partitions; the one record of each went to one of them.
     let records_committed = |group: &str, topic: &str| -> i64 {
@@ -125,8 +125,8 @@ async fn the_first_start_after_the_upgrade_continues_from_the_former_group() {
         .await;
     }
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let session = cassandra_session().await;
     for device in &after {
         wait_for_city(&env, &session, device, "New", WAIT).await;
@@ -137,7 +137,7 @@ async fn the_first_start_after_the_upgrade_continues_from_the_former_group() {
             "{device} was processed by the former group already"
         );
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     let log = service.log.join("\n");
     assert!(
         log.contains("took over the offsets committed by the former consumer group"),

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{TimeDelta, TimeZone, Utc};
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::request_reply::{json_of, run_get, send_request, ReplyListener};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use rdkafka::Message;
 use serde_json::{json, Value};
-
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::request_reply::{json_of, run_get, send_request, ReplyListener};
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 
 const LIMIT: usize = 20_000;
 
@@ -20,8 +19,8 @@ const LIMIT: usize = 20_000;
 async fn a_large_cache_is_chunked_and_joins_back_to_the_cache() {
     let mut env = isolated_env();
     env.insert("REPLY_MAX_BYTES".into(), LIMIT.to_string());
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let start = Utc.with_ymd_and_hms(2022, 1, 1, 0, 0, 0).unwrap();

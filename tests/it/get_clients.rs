@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::request_reply::serials_after;
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::request_reply::serials_after;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 
 #[tokio::test]
 async fn clients_on_one_reply_topic_each_get_their_own_answer() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     cache

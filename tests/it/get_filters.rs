@@ -3,18 +3,18 @@
 
 use std::time::Duration;
 
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::request_reply::{run_get, serials_after};
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::request_reply::{run_get, serials_after};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 
 #[tokio::test]
 async fn filters_in_every_form_compare_instants_strictly_after() {
     let mut env = isolated_env();
     // UTC+2 in June.
     env.insert("TIMEZONE".into(), "Europe/Madrid".into());
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     cache

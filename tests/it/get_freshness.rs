@@ -10,16 +10,17 @@ use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::last_contact::{push_last_contact, PushOutcome};
 use hawkeye_customer_cache::profile::LastContact;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
+use hawkeye_devtools::service::ServiceProcess;
 use hawkeye_devtools::sim::SimConfig;
+use hawkeye_devtools::testkit::cache_fixture::{entry, redis_connection, CacheFixture};
+use hawkeye_devtools::testkit::profiles::{eventually, produce_json, producer};
+use hawkeye_devtools::testkit::refresh::{
+    monitorable, refresh_env, start_sim, start_with_notifications,
+};
+use hawkeye_devtools::testkit::request_reply::{run_get, serials_after};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-
-use crate::common::cache_fixture::{entry, redis_connection, CacheFixture};
-use crate::common::profiles::{eventually, produce_json, producer};
-use crate::common::refresh::{monitorable, refresh_env, start_sim, start_with_notifications};
-use crate::common::request_reply::{run_get, serials_after};
-use crate::common::service::isolated_env;
-use crate::common::ServiceProcess;
 
 fn last_contact(text: &str) -> LastContact {
     LastContact {
@@ -36,8 +37,8 @@ async fn body(env: &std::collections::HashMap<String, String>) -> Value {
 
 #[tokio::test]
 async fn new_generations_and_pushed_last_contacts_are_served_at_once() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let mut redis = cache.redis.clone();
@@ -116,8 +117,8 @@ async fn body_of_b(env: &std::collections::HashMap<String, String>) -> Value {
 
 #[tokio::test]
 async fn a_profile_event_with_a_newer_last_contact_shows_in_the_next_get() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let cached = entry("P1", "2020-01-01T00:00:00Z");
@@ -228,5 +229,5 @@ async fn a_last_contact_pushed_during_a_refresh_is_in_the_cache_it_publishes() {
         .cloned()
         .unwrap();
     assert_eq!(entry["last_contact"], pushed, "{entry}");
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

@@ -4,20 +4,20 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::request_reply::{
+    correlation, create_topic, json_of, send_request, ReplyListener,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::unique;
 use rdkafka::Message;
 use serde_json::json;
 
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::request_reply::{
-    correlation, create_topic, json_of, metric, send_request, ReplyListener,
-};
-use crate::common::service::isolated_env;
-use crate::common::{unique, ServiceProcess};
-
 #[tokio::test]
 async fn replies_go_to_the_requested_topic_and_partition_with_key_and_correlation() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let cached = entry("R1", "2020-11-05T13:57:07Z");
@@ -64,8 +64,8 @@ async fn replies_go_to_the_requested_topic_and_partition_with_key_and_correlatio
 
 #[tokio::test]
 async fn unanswerable_requests_are_counted_and_the_next_is_answered() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let listener = ReplyListener::at_end(&env["TOPIC_REPLY"]).await;
     let request = json!({"request_id": "nowhere", "body": {}}).to_string();
@@ -97,8 +97,16 @@ async fn unanswerable_requests_are_counted_and_the_next_is_answered() {
     let failures = |reason: &'static str| {
         format!("hawkeye_customer_cache_get_failures_total{{reason=\"{reason}\"}}")
     };
-    while metric(&service, &failures("invalid_reply_topic")).await < 1.0
-        || metric(&service, &failures("invalid_reply_partition")).await < 1.0
+    while service
+        .metric(&failures("invalid_reply_topic"))
+        .await
+        .unwrap()
+        < 1.0
+        || service
+            .metric(&failures("invalid_reply_partition"))
+            .await
+            .unwrap()
+            < 1.0
     {
         if tokio::time::Instant::now() > deadline {
             service.drain_log();
@@ -114,8 +122,8 @@ async fn unanswerable_requests_are_counted_and_the_next_is_answered() {
 
 #[tokio::test]
 async fn replies_are_never_written_into_the_services_own_input_topics() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let inputs = ["TOPIC_REFRESH", "TOPIC_PROFILE_UPDATES", "TOPIC_GET"];
     let mut listeners = Vec::new();
@@ -137,7 +145,7 @@ async fn replies_are_never_written_into_the_services_own_input_topics() {
     }
     let refused = "hawkeye_customer_cache_get_failures_total{reason=\"reply_topic_not_allowed\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metric(&service, refused).await < inputs.len() as f64 {
+    while service.metric(refused).await.unwrap() < inputs.len() as f64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "refusals not counted"

@@ -5,22 +5,23 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::profiles::eventually;
+use hawkeye_devtools::testkit::request_reply::{json_of, run_get, send_request, ReplyListener};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::stack;
 use serde_json::{json, Value};
 
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::profiles::eventually;
 use crate::common::proxy::TcpProxy;
-use crate::common::request_reply::{json_of, run_get, send_request, ReplyListener};
-use crate::common::service::isolated_env;
-use crate::common::{stack, ServiceProcess};
 
 const MISSING_BODY: &str = r#"You must specify {.."body":{...}} in the request"#;
 const NO_DEVICES: &str = "No devices were found for the specified filters";
 
 #[tokio::test]
 async fn answers_every_row_of_the_status_table() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
 
@@ -114,12 +115,7 @@ async fn answers_every_row_of_the_status_table() {
         (1, &json!(NO_DEVICES))
     );
 
-    let metrics = reqwest::get(service.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await.unwrap();
     for status in ["200", "202", "400", "404"] {
         let series = format!("hawkeye_customer_cache_get_requests_total{{status=\"{status}\"}}");
         assert!(metrics.contains(&series), "no {series} in\n{metrics}");
@@ -138,8 +134,8 @@ async fn while_redis_cannot_be_read_requests_are_503_and_answered_again_after() 
     .await;
     let mut env = isolated_env();
     env.insert("REDIS_URL".into(), format!("redis://{}/0", redis.address()));
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let cache = CacheFixture::new(&env).await;
     let entries = [entry("A1", "2020-11-05T13:57:07Z")];

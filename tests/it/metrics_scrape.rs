@@ -5,21 +5,21 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::profiles::{eventually, produce_json, producer};
+use hawkeye_devtools::testkit::request_reply::run_get;
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::unique;
 use serde_json::json;
-
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::profiles::{eventually, produce_json, producer};
-use crate::common::request_reply::{metric, run_get};
-use crate::common::service::isolated_env;
-use crate::common::{unique, ServiceProcess};
 
 /// librdkafka reports every 5 s; the first report after the group's first commit has lags.
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let env = service.env.clone();
     let producer = producer();
     for _ in 0..5 {
@@ -36,9 +36,8 @@ async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
         env["KAFKA_GROUP_ID"]
     );
     let topic_label = format!("topic=\"{}\"}}", env["TOPIC_PROFILE_UPDATES"]);
-    let url = service.http_url("/metrics");
     let lag_line = eventually(WAIT, "the profiles group's lag on /metrics", || async {
-        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let text = service.metrics().await.ok()?;
         text.lines()
             .find(|line| line.starts_with(&lag_of_profiles) && line.contains(&topic_label))
             .map(str::to_string)
@@ -56,7 +55,7 @@ async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
             "hawkeye_customer_cache_store_request_seconds_count{{operation=\"upsert\",store=\"{store}\"}}"
         );
         eventually(WAIT, &series, || async {
-            (metric(&service, &series).await >= 1.0).then_some(())
+            (service.metric(&series).await.unwrap() >= 1.0).then_some(())
         })
         .await;
     }
@@ -72,15 +71,15 @@ async fn consumer_lag_producer_queue_and_store_latencies_are_exported() {
         let series = format!(
             "hawkeye_customer_cache_store_request_seconds_count{{operation=\"{operation}\",store=\"redis\"}}"
         );
-        assert!(metric(&service, &series).await >= 1.0, "{series}");
+        assert!(service.metric(&series).await.unwrap() >= 1.0, "{series}");
     }
     cache.remove().await;
 
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let text = service.metrics().await.unwrap();
     assert!(
         text.lines()
             .any(|line| line.starts_with("hawkeye_customer_cache_producer_queue_messages ")),
         "the producer reported its queue"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

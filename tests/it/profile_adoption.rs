@@ -13,17 +13,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use scylla::client::session::Session;
-use serde_json::{json, Value};
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::profiles::{
     cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually,
     first_access_in_both, produce_json, producer, redis_hash, wait_for_city,
 };
-use crate::common::service::{isolated_env, run_command, run_to_exit};
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, isolated_env, run_command, run_to_exit};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
+use redis::AsyncCommands;
+use scylla::client::session::Session;
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 const READY: Duration = Duration::from_secs(60);
@@ -119,9 +119,9 @@ async fn platform_only_cells(session: &Session, keyspace: &str, device: &str) ->
 
 /// Starts the service on `env`, waits until it is ready and stops it cleanly.
 async fn starts_and_stops(env: &HashMap<String, String>) {
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
-    assert!(service.terminate().await.success());
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
+    assert!(service.terminate().await.unwrap().success());
 }
 
 /// `device_profile`'s columns and their types, as `system_schema` spells them.
@@ -256,8 +256,8 @@ async fn start_up_adds_the_missing_columns_and_changes_none_of_the_platforms() {
         rows_before.push(cassandra_row(&session, &env, device).await);
     }
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
 
     let adopted = column_types(&session, &keyspace).await;
     assert_eq!(adopted, adopted_columns(&platform));
@@ -287,7 +287,7 @@ async fn start_up_adds_the_missing_columns_and_changes_none_of_the_platforms() {
         }
         assert_eq!(after, before);
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     drop_keyspace(&session, &env).await;
 }
 
@@ -303,18 +303,18 @@ async fn several_instances_starting_at_once_on_the_platforms_table_all_become_re
         .map(|_| {
             let mut env = isolated_env();
             env.insert("CASSANDRA_KEYSPACE".into(), keyspace.clone());
-            ServiceProcess::start(env)
+            ServiceProcess::start(binary(), env).unwrap()
         })
         .collect();
     for service in &mut services {
-        service.wait_ready(Duration::from_secs(120)).await;
+        service.wait_ready(Duration::from_secs(120)).await.unwrap();
     }
     assert_eq!(
         column_types(&session, &keyspace).await,
         adopted_columns(&platform)
     );
     for service in &mut services {
-        let status = service.terminate().await;
+        let status = service.terminate().await.unwrap();
         assert!(
             status.success(),
             "exit {status}: {}",
@@ -443,8 +443,8 @@ async fn the_earliest_first_access_wins_over_a_platform_rows_in_both_stores() {
     for device in [&earlier, &later] {
         insert_platform_row(&session, &keyspace, device, F0, "platform-city").await;
     }
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let producer = producer();
     let event = |device: &str, first_access: i64, city: &str| {
         json!({"device_id": device, "api_last_updated_on": now_ms(), "city": city,
@@ -488,13 +488,13 @@ async fn the_earliest_first_access_wins_over_a_platform_rows_in_both_stores() {
     )
     .await;
     expect_first_access(earlier.clone(), F0 - DAY_MS, "still the event's").await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // A new instance meets the devices again (it reads their rows once more) and finds the
     // service's own cells: a value a minute later than the earliest still loses, an earlier
     // one still wins.
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     produce_json(
         &producer,
         &env,
@@ -511,7 +511,7 @@ async fn the_earliest_first_access_wins_over_a_platform_rows_in_both_stores() {
     produce_json(&producer, &env, &event(&earlier, F0 - 3 * DAY_MS, "a2")).await;
     wait_for_city(&env, &session, &earlier, "a2", WAIT).await;
     wait_for_first_access(&env, &session, &earlier, F0 - 3 * DAY_MS).await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // The stores agree on both adopted devices, the row's other values included.
     let (code, stdout) = verify(&env).await;
@@ -531,15 +531,15 @@ async fn instances_started_apart_share_one_base_so_the_earliest_first_access_win
     create_platform_table(&session, &keyspace, "timestamp").await;
     let device = unique("d");
     insert_platform_row(&session, &keyspace, &device, F0 + DAY_MS, "platform-city").await;
-    let mut first = ServiceProcess::start(first_env.clone());
-    first.wait_ready(READY).await;
+    let mut first = ServiceProcess::start(binary(), first_env.clone()).unwrap();
+    first.wait_ready(READY).await.unwrap();
     // The second starts later, on the same stores, with topics of its own.
     let mut second_env = isolated_env();
     for setting in ["CASSANDRA_KEYSPACE", "REDIS_DEVICE_KEY_PREFIX"] {
         second_env.insert(setting.into(), first_env[setting].clone());
     }
-    let mut second = ServiceProcess::start(second_env.clone());
-    second.wait_ready(READY).await;
+    let mut second = ServiceProcess::start(binary(), second_env.clone()).unwrap();
+    second.wait_ready(READY).await.unwrap();
     let producer = producer();
 
     // Values ten steps of the encoding (640 ms) apart: the smaller, written by the instance
@@ -568,8 +568,8 @@ async fn instances_started_apart_share_one_base_so_the_earliest_first_access_win
         (Some(F0.to_string()), Value::from(cql_timestamp(F0))),
         "(Redis firstaccess, Cassandra first_access)"
     );
-    assert!(first.terminate().await.success());
-    assert!(second.terminate().await.success());
+    assert!(first.terminate().await.unwrap().success());
+    assert!(second.terminate().await.unwrap().success());
     drop_keyspace(&session, &first_env).await;
 }
 
@@ -583,8 +583,8 @@ async fn an_event_older_than_a_platform_rows_write_does_not_win_and_a_newer_one_
     let written_at = insert_platform_row(&session, &keyspace, &device, F0, "platform-city").await;
     let platform_cells = platform_only_cells(&session, &keyspace, &device).await;
     assert_eq!(platform_cells["total_launches"], 181, "{platform_cells}");
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let producer = producer();
 
     // An hour older than the row's cells: its city and user_declared_state lose in both
@@ -646,7 +646,7 @@ async fn an_event_older_than_a_platform_rows_write_does_not_win_and_a_newer_one_
         platform_cells,
         "the platform's own columns are never written"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     let (code, stdout) = verify(&env).await;
     assert_eq!(
@@ -688,8 +688,8 @@ async fn the_old_jobs_hash_is_updated_in_place_and_loses_its_ttl() {
     }
     insert_platform_row(&session, &keyspace, &with_row, F0, "platform-city").await;
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let producer = producer();
     for (device, version, first_access) in [
         (&kept, now_ms(), F0 + DAY_MS),
@@ -738,7 +738,7 @@ async fn the_old_jobs_hash_is_updated_in_place_and_loses_its_ttl() {
         assert_eq!(ttl, -1, "{device}: the old job's TTL is removed");
         delete_redis_device(&env, device).await;
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     drop_keyspace(&session, &env).await;
 }
 

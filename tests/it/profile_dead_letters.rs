@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::Message;
-use serde_json::json;
-
-use crate::common::profiles::{
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
     header, produce, produce_json, producer, redis_hash, wait_for_city, TopicReader,
 };
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
+use rdkafka::Message;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -55,8 +55,8 @@ fn poison() -> Vec<(String, Vec<u8>, &'static str)> {
 
 #[tokio::test]
 async fn poison_events_are_dead_lettered_and_good_ones_still_land() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -116,5 +116,5 @@ async fn poison_events_are_dead_lettered_and_good_ones_still_land() {
             "rejected device {id} was written"
         );
     }
-    service.terminate().await;
+    service.terminate().await.unwrap();
 }

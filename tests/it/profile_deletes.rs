@@ -14,6 +14,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use hawkeye_customer_cache::stores::redis::versions_key;
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually,
+    first_access_in_both, header, produce_json, producer, records_in, redis_hash, redis_versions,
+    wait_for_city, TopicReader,
+};
+use hawkeye_devtools::testkit::request_reply::partition_ids;
+use hawkeye_devtools::testkit::service::{binary, isolated_env, run_command};
+use hawkeye_devtools::testkit::{
+    cassandra_session, redis_cluster, redis_cluster_url, stack, unique,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -22,18 +34,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use scylla::client::session::Session;
 use serde_json::{json, Value};
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{
-    cassandra_row, delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually,
-    first_access_in_both, header, produce_json, producer, records_in, redis_hash, redis_versions,
-    wait_for_city, TopicReader,
-};
-use crate::common::request_reply::{metric, partition_ids};
-use crate::common::service::{isolated_env, run_command};
-use crate::common::{
-    cassandra_session, redis_cluster, redis_cluster_url, stack, unique, ServiceProcess,
-};
 
 const WAIT: Duration = Duration::from_secs(30);
 const READY: Duration = Duration::from_secs(60);
@@ -301,8 +301,8 @@ fn first_access_expected(first_access: i64) -> (Option<String>, Value) {
 
 #[tokio::test]
 async fn a_tombstone_deletes_the_device_from_both_stores_and_both_remember_when() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -319,23 +319,23 @@ async fn a_tombstone_deletes_the_device_from_both_stores_and_both_remember_when(
             "{field} before the delete: {hash:?}"
         );
     }
-    assert_eq!(metric(&service, DELETED).await, 0.0);
+    assert_eq!(service.metric(DELETED).await.unwrap(), 0.0);
 
     tombstone(&producer, &env, &device, deleted_at).await;
     wait_until_gone(&env, &session, &device).await;
     assert_deleted(&env, &session, &device, deleted_at, "after the delete").await;
     eventually(WAIT, "one delete counted", || async {
-        (metric(&service, DELETED).await == 1.0).then_some(())
+        (service.metric(DELETED).await.unwrap() == 1.0).then_some(())
     })
     .await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn an_event_not_newer_than_the_delete_never_brings_anything_back() {
     let env = isolated_env();
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let session = cassandra_session().await;
     let producer = producer();
     let device = unique("late");
@@ -370,21 +370,21 @@ async fn an_event_not_newer_than_the_delete_never_brings_anything_back() {
     .await;
     wait_until_processed(&env).await;
     assert_deleted(&env, &session, &device, deleted_at, "after late events").await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // However late: an instance that never met the device does not bring it back either.
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     produce_json(&producer, &env, &full_event(&device, version)).await;
     wait_until_processed(&env).await;
     assert_deleted(&env, &session, &device, deleted_at, "after a restart").await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn an_event_newer_than_the_delete_recreates_the_device_with_only_its_own_fields() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -458,7 +458,7 @@ async fn an_event_newer_than_the_delete_recreates_the_device_with_only_its_own_f
         first_access_expected(F_MID),
         "(Redis firstaccess, Cassandra first_access)"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 /// `met` is written by the instance that then deletes it, `unmet` by an earlier instance: a
@@ -474,13 +474,13 @@ async fn a_delete_older_than_the_stored_fields_keeps_them_but_not_the_unversione
     let version = start_of_test();
     let deleted_at = version - 10_000;
 
-    let mut earlier = ServiceProcess::start(env.clone());
-    earlier.wait_ready(READY).await;
+    let mut earlier = ServiceProcess::start(binary(), env.clone()).unwrap();
+    earlier.wait_ready(READY).await.unwrap();
     produce_json(&producer, &env, &full_event(&unmet, version)).await;
     wait_for_city(&env, &session, &unmet, "Pune", WAIT).await;
-    assert!(earlier.terminate().await.success());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    assert!(earlier.terminate().await.unwrap().success());
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     produce_json(&producer, &env, &full_event(&met, version)).await;
     wait_for_city(&env, &session, &met, "Pune", WAIT).await;
 
@@ -566,13 +566,13 @@ async fn a_delete_older_than_the_stored_fields_keeps_them_but_not_the_unversione
             "{device}"
         );
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn a_delete_not_newer_than_the_last_one_changes_nothing_more() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -624,13 +624,13 @@ async fn a_delete_not_newer_than_the_last_one_changes_nothing_more() {
         Some(Value::from(cql_timestamp(deleted_at))),
         "device_profile_deletes keeps the newest delete"
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn tombstones_without_a_usable_key_are_dead_lettered_and_the_stream_goes_on() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -698,8 +698,8 @@ async fn tombstones_without_a_usable_key_are_dead_lettered_and_the_stream_goes_o
         dead_letters, 3,
         "only the unusable tombstones are dead-lettered"
     );
-    assert_eq!(metric(&service, DELETED).await, 1.0, "one delete");
-    assert!(service.terminate().await.success());
+    assert_eq!(service.metric(DELETED).await.unwrap(), 1.0, "one delete");
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
@@ -715,13 +715,13 @@ async fn a_delete_and_events_of_its_device_in_one_batch_resolve_as_they_would_ap
     let recreated = unique("batch_recreated");
     let stale = unique("batch_stale");
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     for device in [&recreated, &stale] {
         produce_json(&producer, &env, &full_event(device, version)).await;
         wait_for_city(&env, &session, device, "Pune", WAIT).await;
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 
     // Produced while the service is stopped, so that it reads them in one batch.
     produce_json(&producer, &env, &full_event(&deleted, version + 10_000)).await;
@@ -743,8 +743,8 @@ async fn a_delete_and_events_of_its_device_in_one_batch_resolve_as_they_would_ap
     )
     .await;
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     wait_until_processed(&env).await;
     assert_deleted(&env, &session, &deleted, deleted_at, "event, then delete").await;
     assert_deleted(
@@ -781,15 +781,15 @@ async fn a_delete_and_events_of_its_device_in_one_batch_resolve_as_they_would_ap
         first_access_in_both(&env, &session, &recreated).await,
         first_access_expected(F_NEW)
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn a_delete_on_a_redis_cluster_removes_the_hash_and_a_newer_event_recreates_it() {
     let mut env = isolated_env();
     env.insert("REDIS_URL".into(), redis_cluster_url());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     let redis = redis_cluster().await;
     let session = cassandra_session().await;
     let producer = producer();
@@ -857,7 +857,7 @@ async fn a_delete_on_a_redis_cluster_removes_the_hash_and_a_newer_event_recreate
         assert_eq!(row["city"], "Nagpur", "{device:?}");
         assert_eq!(row["state"], Value::Null, "{device:?}");
     }
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }
 
 /// Runs `profile verify` and returns its exit code and stdout.
@@ -879,8 +879,8 @@ async fn verify_agrees_on_deleted_and_recreated_devices_and_rebuild_redis_brings
     let deleted_at = version + 10_000;
     let newer = version + 20_000;
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     for device in [&deleted, &recreated, &untouched] {
         produce_json(&producer, &env, &full_event(device, version)).await;
     }
@@ -895,7 +895,7 @@ async fn verify_agrees_on_deleted_and_recreated_devices_and_rebuild_redis_brings
     )
     .await;
     wait_until_processed(&env).await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     let new_life = strings(&[
         ("city", "Nagpur".into()),
         ("firstaccess", F_NEW.to_string()),
@@ -939,8 +939,8 @@ async fn verify_agrees_on_deleted_and_recreated_devices_and_rebuild_redis_brings
     );
 
     // The rebuilt Redis keeps out a late event of the deleted device, as Cassandra does.
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(READY).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(READY).await.unwrap();
     produce_json(&producer, &env, &full_event(&deleted, version)).await;
     wait_until_processed(&env).await;
     assert_deleted(
@@ -951,7 +951,7 @@ async fn verify_agrees_on_deleted_and_recreated_devices_and_rebuild_redis_brings
         "late event after the rebuild",
     )
     .await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     for device in [&deleted, &recreated, &untouched] {
         delete_redis_device(&env, device).await;
     }

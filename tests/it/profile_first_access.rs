@@ -4,19 +4,21 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, produce_json, producer, redis_hash, wait_for_city,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use serde_json::json;
-
-use crate::common::profiles::{cassandra_row, produce_json, producer, redis_hash, wait_for_city};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(30);
 const VERSION: i64 = 1_700_000_000_000;
 
 #[tokio::test]
 async fn an_earlier_first_access_still_wins_after_the_first_one_was_written() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -62,8 +64,8 @@ async fn an_earlier_first_access_still_wins_after_the_first_one_was_written() {
 #[tokio::test]
 async fn first_access_values_of_one_64_ms_step_resolve_alike_in_both_stores() {
     const STEP_START: i64 = 1_700_000_000_000; // a multiple of 64
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, produce_json, producer, redis_hash, wait_for_city,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use serde_json::json;
-
-use crate::common::profiles::{cassandra_row, produce_json, producer, redis_hash, wait_for_city};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(30);
 const VERSION: i64 = 1_700_000_000_000;
@@ -24,8 +26,8 @@ async fn the_later_of_two_far_future_contacts_wins_though_doubles_round_them_equ
     let mut env = isolated_env();
     // Lets the far-future contacts in (about 300 years ahead of the clock).
     env.insert("PROFILE_MAX_FUTURE_SECS".into(), "10000000000".into());
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, eventually, produce_json, producer, redis_hash,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use serde_json::{json, Value};
-
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer, redis_hash};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
 const DEVICES: usize = 8;
@@ -47,8 +49,8 @@ fn order(index: usize) -> Vec<i64> {
 
 #[tokio::test]
 async fn out_of_order_and_replayed_events_end_in_the_same_state() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -107,5 +109,5 @@ async fn out_of_order_and_replayed_events_end_in_the_same_state() {
         assert_eq!(row["first_access"], "2023-11-14 22:12:30.000Z");
         assert_eq!(row["last_contact"], "2024-01-09 00:00:00.000Z");
     }
-    service.terminate().await;
+    service.terminate().await.unwrap();
 }

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use crate::common::profiles::{
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
     delete_redis_device, drop_keyspace, env_with_own_keyspace, eventually, produce_json, producer,
     redis_hash, redis_versions, wait_for_city,
 };
-use crate::common::service::run_command;
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, run_command};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const V0: i64 = 1_640_000_000_000;
@@ -21,8 +21,8 @@ const V2: i64 = 1_650_000_500_000;
 #[tokio::test]
 async fn a_rebuild_gives_back_hashes_and_versions_and_the_rules_still_hold() {
     let env = env_with_own_keyspace();
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let session = cassandra_session().await;
     let producer = producer();
     let first = unique("d");
@@ -105,6 +105,6 @@ async fn a_rebuild_gives_back_hashes_and_versions_and_the_rules_still_hold() {
     assert_eq!(hash["city"], "Pune");
     assert_eq!(hash["state"], "Goa");
     assert_eq!(hash["user_declared_on"], V1.to_string());
-    service.terminate().await;
+    service.terminate().await.unwrap();
     drop_keyspace(&session, &env).await;
 }

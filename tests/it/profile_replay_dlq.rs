@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{header, produce, producer, records_in, TopicReader};
+use hawkeye_devtools::testkit::service::{binary, isolated_env, run_command};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
-
-use crate::common::profiles::{header, produce, producer, records_in, TopicReader};
-use crate::common::service::{isolated_env, run_command};
-use crate::common::ServiceProcess;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -27,8 +26,8 @@ async fn replay_dlq(env: &HashMap<String, String>, args: &[&str]) -> (i32, Vec<S
 
 #[tokio::test]
 async fn dead_letters_are_replayed_with_their_bytes_and_a_header_naming_them() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
     let env = service.env.clone();
     let producer = producer();
     let poison: [(&str, &[u8]); 2] = [("not-json", b"{not json"), ("no-id", br#"{"city":"Pune"}"#)];
@@ -46,7 +45,7 @@ async fn dead_letters_are_replayed_with_their_bytes_and_a_header_naming_them() {
         .take(3, WAIT)
         .await;
     // Stopped, so that replayed poison is not dead-lettered again while the test reads.
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     let profile_topic = &env["TOPIC_PROFILE_UPDATES"];
     assert_eq!(records_in(profile_topic), 3);
 

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    eventually, produce_json, producer, redis_hash, wait_for_city,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use serde_json::json;
-
-use crate::common::profiles::{eventually, produce_json, producer, redis_hash, wait_for_city};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(90);
 const DEVICES: usize = 60;
@@ -15,8 +17,8 @@ const VERSIONS: i64 = 3;
 
 #[tokio::test]
 async fn a_restart_mid_stream_loses_nothing() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let devices: Vec<String> = (0..DEVICES).map(|_| unique("restart")).collect();
 
@@ -41,12 +43,15 @@ async fn a_restart_mid_stream_loses_nothing() {
         (!redis_hash(&env, &devices[0]).await.is_empty()).then_some(())
     })
     .await;
-    assert!(service.terminate().await.success(), "clean exit on SIGTERM");
+    assert!(
+        service.terminate().await.unwrap().success(),
+        "clean exit on SIGTERM"
+    );
     let log = service.log.join("\n");
     assert!(log.contains("device profile push stopped"), "{log}");
 
-    let mut restarted = ServiceProcess::start(env.clone());
-    restarted.wait_ready(Duration::from_secs(60)).await;
+    let mut restarted = ServiceProcess::start(binary(), env.clone()).unwrap();
+    restarted.wait_ready(Duration::from_secs(60)).await.unwrap();
     stream.await.unwrap();
 
     let session = cassandra_session().await;
@@ -54,5 +59,5 @@ async fn a_restart_mid_stream_loses_nothing() {
     for device in &devices {
         wait_for_city(&env, &session, device, &latest, WAIT).await;
     }
-    restarted.terminate().await;
+    restarted.terminate().await.unwrap();
 }

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{eventually, produce_json, producer, wait_for_city};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, stack, unique};
 use serde_json::json;
 
-use crate::common::profiles::{eventually, produce_json, producer, wait_for_city};
 use crate::common::proxy::TcpProxy;
-use crate::common::request_reply::metric;
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, stack, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(90);
 const DEVICES: usize = 20;
@@ -50,8 +50,8 @@ async fn survives_an_outage(
         proxy.address()
     };
     env.insert(variable.to_string(), address);
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let devices: Vec<String> = (0..DEVICES).map(|_| unique("outage")).collect();
 
@@ -62,14 +62,14 @@ async fn survives_an_outage(
     produce_version(&env, &devices, 2).await;
     let series = format!("hawkeye_customer_cache_store_write_retries_total{{store=\"{store}\"}}");
     eventually(WAIT, "the service retries the store", || async {
-        (metric(&service, &series).await > 0.0).then_some(())
+        (service.metric(&series).await.unwrap() > 0.0).then_some(())
     })
     .await;
     produce_version(&env, &devices, 3).await;
     proxy.resume();
 
     wait_for_all(&env, &devices, "v3").await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     let log = service.log.join("\n");
     assert!(
         log.contains("write failed; pausing partitions"),

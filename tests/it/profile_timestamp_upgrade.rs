@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use scylla::client::session::Session;
-use serde_json::json;
-
-use crate::common::profiles::{
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
     cassandra_row, drop_keyspace, env_with_own_keyspace, eventually, produce_json, producer,
     wait_for_city,
 };
-use crate::common::service::run_command;
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, run_command};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
+use scylla::client::session::Session;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,8 +36,8 @@ async fn rows_of_the_first_encoding_are_reported_and_rewritten_by_the_documented
         async move { produce_json(&producer(), &env, &event).await }
     };
 
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     push(V1, FIRST_ACCESSES[0], "Pune").await;
     wait_for_city(&env, &session, &device, "Pune", WAIT).await;
     write_the_first_way(&session, &env, &device).await;
@@ -46,7 +46,7 @@ async fn rows_of_the_first_encoding_are_reported_and_rewritten_by_the_documented
     wait_for_city(&env, &session, &device, "Delhi", WAIT).await;
     let row = cassandra_row(&session, &env, &device).await.expect("row");
     assert_eq!(row["first_access"], "2020-09-13 12:26:40.000Z", "{row}");
-    service.terminate().await;
+    service.terminate().await.unwrap();
 
     let command = |args: &'static [&'static str]| run_command(args, &env, COMMAND_TIMEOUT);
     let (code, stdout, _) = command(&["profile", "verify"]).await;
@@ -69,8 +69,8 @@ async fn rows_of_the_first_encoding_are_reported_and_rewritten_by_the_documented
     assert_eq!(row["user_declared_on"], "2022-04-15 05:20:00.000Z", "{row}");
 
     // Rewritten, the row follows the rules again.
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     push(V1 + 2000, FIRST_ACCESSES[2], "Agra").await;
     eventually(WAIT, "the earliest first access in Cassandra", || async {
         cassandra_row(&session, &env, &device)
@@ -78,7 +78,7 @@ async fn rows_of_the_first_encoding_are_reported_and_rewritten_by_the_documented
             .filter(|row| row["first_access"] == "2014-05-13 16:53:20.000Z")
     })
     .await;
-    service.terminate().await;
+    service.terminate().await.unwrap();
     drop_keyspace(&session, &env).await;
 }
 

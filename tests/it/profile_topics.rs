@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{header, producer, wait_for_city, TopicReader};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
-
-use crate::common::profiles::{header, producer, wait_for_city, TopicReader};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -18,8 +18,8 @@ async fn events_of_every_profile_topic_land_and_dead_letters_name_their_topic() 
     let first = env["TOPIC_PROFILE_UPDATES"].clone();
     let second = format!("{first}.legacy");
     env.insert("TOPIC_PROFILE_UPDATES".into(), format!("{first}, {second}"));
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(WAIT).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(WAIT).await.unwrap();
 
     let producer = producer();
     let (on_first, on_second) = (unique("first"), unique("second"));
@@ -50,5 +50,5 @@ async fn events_of_every_profile_topic_land_and_dead_letters_name_their_topic() 
         .take(1, WAIT)
         .await;
     assert_eq!(header(&letters[0], "source.topic"), Some(second));
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::profiles::{
+    cassandra_row, eventually, produce_json, producer, redis_hash,
+};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 use serde_json::{json, Value};
-
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer, redis_hash};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(30);
 const V1: i64 = 1_650_000_000_000;
@@ -24,8 +26,8 @@ fn cql_timestamp(epoch_ms: i64) -> String {
 
 #[tokio::test]
 async fn events_create_update_and_merge_devices_in_both_stores() {
-    let mut service = ServiceProcess::start(isolated_env());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), isolated_env()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let session = cassandra_session().await;
     let producer = producer();
@@ -148,5 +150,5 @@ async fn events_create_update_and_merge_devices_in_both_stores() {
     assert_eq!(row["first_access"], cql_timestamp(1_600_000_000_000));
     assert_eq!(row["api_last_updated_on"], cql_timestamp(v2 + 2));
     assert_eq!(row["client_id"], Value::Null);
-    service.terminate().await;
+    service.terminate().await.unwrap();
 }

@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use hawkeye_customer_cache::stores::redis::versions_key;
-use redis::AsyncCommands;
-use serde_json::json;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::profiles::{
+use hawkeye_devtools::service::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::profiles::{
     cassandra_row, drop_keyspace, env_with_own_keyspace, produce_json, producer, redis_hash,
     wait_for_city,
 };
-use crate::common::service::run_command;
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, run_command};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
+use redis::AsyncCommands;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,8 +22,8 @@ const V1: i64 = 1_650_000_000_000;
 #[tokio::test]
 async fn verify_finds_a_changed_field_and_repair_makes_the_stores_agree() {
     let env = env_with_own_keyspace();
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let session = cassandra_session().await;
     let producer = producer();
     let device = unique("d");
@@ -42,7 +42,7 @@ async fn verify_finds_a_changed_field_and_repair_makes_the_stores_agree() {
     }
     wait_for_city(&env, &session, &device, "Pune", WAIT).await;
     wait_for_city(&env, &session, &other, "Delhi", WAIT).await;
-    service.terminate().await;
+    service.terminate().await.unwrap();
 
     let verify = |args: &'static [&'static str]| run_command(args, &env, COMMAND_TIMEOUT);
     let (code, stdout, stderr) = verify(&["profile", "verify"]).await;

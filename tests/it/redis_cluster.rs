@@ -9,18 +9,18 @@ use std::time::Duration;
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::publish::{self, Generation, PublishError, RefreshLock};
 use hawkeye_customer_cache::stores::redis::versions_key;
+use hawkeye_devtools::service::ServiceProcess;
 use hawkeye_devtools::sim::SimConfig;
+use hawkeye_devtools::testkit::profiles::{cassandra_row, eventually, produce_json, producer};
+use hawkeye_devtools::testkit::refresh::{
+    entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
+};
+use hawkeye_devtools::testkit::request_reply::{run_get, serials_after};
+use hawkeye_devtools::testkit::service::{binary, isolated_env};
+use hawkeye_devtools::testkit::{cassandra_session, redis_cluster, redis_cluster_url, unique};
 use redis::cluster_routing::Slot;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-
-use crate::common::profiles::{cassandra_row, eventually, produce_json, producer};
-use crate::common::refresh::{
-    entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
-};
-use crate::common::request_reply::{run_get, serials_after};
-use crate::common::service::isolated_env;
-use crate::common::{cassandra_session, redis_cluster, redis_cluster_url, unique, ServiceProcess};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE: i64 = 1_700_000_000_000;
@@ -45,8 +45,8 @@ fn event(device: &str, k: i64) -> Value {
 #[tokio::test]
 async fn the_push_on_a_redis_cluster_is_order_independent_for_any_device_id() {
     let mut redis = redis_cluster().await;
-    let mut service = ServiceProcess::start(on_cluster(isolated_env()));
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), on_cluster(isolated_env())).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let env = service.env.clone();
     let prefix = env["REDIS_DEVICE_KEY_PREFIX"].clone();
     let run = unique("c");
@@ -113,7 +113,7 @@ async fn the_push_on_a_redis_cluster_is_order_independent_for_any_device_id() {
     let expected: BTreeSet<String> = devices.iter().map(|d| format!("{prefix}{d}")).collect();
     assert_eq!(found, expected);
 
-    let status = service.terminate().await;
+    let status = service.terminate().await.unwrap();
     assert!(status.success(), "{}", service.log.join("\n"));
 }
 
@@ -237,6 +237,6 @@ async fn refresh_get_and_last_contact_pushes_work_on_a_redis_cluster() {
         "{reply}"
     );
 
-    let status = service.terminate().await;
+    let status = service.terminate().await.unwrap();
     assert!(status.success(), "{}", service.log.join("\n"));
 }

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
+use hawkeye_devtools::service::ServiceProcess;
 use hawkeye_devtools::sim::SimConfig;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::refresh::{entry_set, monitorable, refresh_env, start_sim, Notifications};
-use crate::common::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::refresh::{
+    entry_set, monitorable, refresh_env, start_sim, Notifications,
+};
+use hawkeye_devtools::testkit::service::binary;
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -49,12 +51,12 @@ async fn readers_see_the_old_or_the_new_cache_never_a_mix() {
     .await;
     let env = refresh_env(&old_sim);
     let keys = CacheKeys::new(&env["ENVIRONMENT_NAME"]);
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     Notifications::subscribe(&env)
         .wait_for(&mut service, "refresh_succeeded", RUN, |_| true)
         .await;
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     let mut redis = redis_connection().await;
     let (old_generation, old_set) = observe(&mut redis, &keys).await;
     assert_eq!(old_set, entry_set(&old_sim.expected_cache(&monitorable())));
@@ -93,8 +95,8 @@ async fn readers_see_the_old_or_the_new_cache_never_a_mix() {
             }
         }
     });
-    let mut service = ServiceProcess::start(new_env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), new_env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     Notifications::subscribe(&new_env)
         .wait_for(&mut service, "refresh_succeeded", RUN, |_| true)
         .await;
@@ -122,5 +124,5 @@ async fn readers_see_the_old_or_the_new_cache_never_a_mix() {
         })
         .collect();
     assert_eq!(states, ["old", "new"]);
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

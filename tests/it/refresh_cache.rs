@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_devtools::sim::SimConfig;
-use redis::AsyncCommands;
-use serde_json::Value;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::cassandra_session;
-use crate::common::refresh::{
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::cassandra_session;
+use hawkeye_devtools::testkit::refresh::{
     entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
     trigger_refresh,
 };
+use redis::AsyncCommands;
+use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -91,7 +90,7 @@ async fn a_refresh_builds_the_expected_cache_and_device_profiles() {
         entry_set(&expected)
     );
 
-    let status = service.terminate().await;
+    let status = service.terminate().await.unwrap();
     assert!(status.success(), "{}", service.log.join("\n"));
     assert!(
         service

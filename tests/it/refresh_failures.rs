@@ -8,14 +8,13 @@ use std::time::Duration;
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::sim::SimConfig;
-use redis::AsyncCommands;
-use serde_json::Value;
-
-use crate::common::cache_fixture::{entry, CacheFixture};
-use crate::common::refresh::{
+use hawkeye_devtools::testkit::cache_fixture::{entry, CacheFixture};
+use hawkeye_devtools::testkit::refresh::{
     entry_set, live_entry_set, monitorable, refresh_env, start_sim, start_with_notifications,
     trigger_refresh,
 };
+use redis::AsyncCommands;
+use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(180);
 
@@ -124,12 +123,7 @@ async fn hawkeye_down_fails_after_the_configured_attempts_and_keeps_the_cache() 
     let mut redis = cache.redis.clone();
     assert_eq!(snapshot(&mut redis, &cache.keys).await, before);
     assert!(notifications.of("refresh_succeeded").is_empty());
-    let metrics = reqwest::get(service.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await.unwrap();
     assert!(
         metrics.contains(r#"hawkeye_customer_cache_refresh_runs_total{outcome="failed"} 1"#),
         "{metrics}"

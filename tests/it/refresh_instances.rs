@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use hawkeye_devtools::service::{free_port, ServiceProcess};
 use hawkeye_devtools::sim::SimConfig;
+use hawkeye_devtools::testkit::refresh::{monitorable, refresh_env, start_sim, Notifications};
+use hawkeye_devtools::testkit::service::binary;
 use serde_json::Value;
-
-use crate::common::refresh::{monitorable, refresh_env, start_sim, Notifications};
-use crate::common::{free_port, ServiceProcess};
 
 const RUN: Duration = Duration::from_secs(180);
 
@@ -36,10 +36,10 @@ async fn two_instances_never_refresh_at_once() {
     let mut second_env = env.clone();
     second_env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()));
 
-    let mut first = ServiceProcess::start(env.clone());
-    let mut second = ServiceProcess::start(second_env);
-    first.wait_ready(Duration::from_secs(60)).await;
-    second.wait_ready(Duration::from_secs(60)).await;
+    let mut first = ServiceProcess::start(binary(), env.clone()).unwrap();
+    let mut second = ServiceProcess::start(binary(), second_env).unwrap();
+    first.wait_ready(Duration::from_secs(60)).await.unwrap();
+    second.wait_ready(Duration::from_secs(60)).await.unwrap();
     let mut notifications = Notifications::subscribe(&env);
     let one = notifications
         .wait_for(&mut first, "refresh_succeeded", RUN, |_| true)
@@ -66,8 +66,8 @@ async fn two_instances_never_refresh_at_once() {
         "Bruin calls run concurrently: {stats:?}"
     );
 
-    assert!(first.terminate().await.success());
-    assert!(second.terminate().await.success());
+    assert!(first.terminate().await.unwrap().success());
+    assert!(second.terminate().await.unwrap().success());
     let waited = first
         .log
         .iter()

@@ -7,10 +7,9 @@ use hawkeye_customer_cache::cache::publish::{
     self, Generation, PublishError, RefreshLock, LOCK_TTL,
 };
 use hawkeye_customer_cache::stores::redis::RedisConnection;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::unique;
 use redis::AsyncCommands;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::unique;
 
 fn generation(devices: usize) -> Generation {
     Generation {

@@ -4,11 +4,13 @@
 use std::time::{Duration, Instant};
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
+use hawkeye_devtools::service::ServiceProcess;
 use hawkeye_devtools::sim::SimConfig;
-
-use crate::common::cache_fixture::redis_connection;
-use crate::common::refresh::{cache_keys_present, refresh_env, start_sim, wait_for_log};
-use crate::common::ServiceProcess;
+use hawkeye_devtools::testkit::cache_fixture::redis_connection;
+use hawkeye_devtools::testkit::refresh::{
+    cache_keys_present, refresh_env, start_sim, wait_for_log,
+};
+use hawkeye_devtools::testkit::service::binary;
 
 #[tokio::test]
 async fn shutdown_abandons_a_running_refresh_without_publishing() {
@@ -23,8 +25,8 @@ async fn shutdown_abandons_a_running_refresh_without_publishing() {
     env.insert("BRUIN_CONCURRENCY".into(), "1".into());
     let keys = CacheKeys::new(&env["ENVIRONMENT_NAME"]);
     let mut redis = redis_connection().await;
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     wait_for_log(&mut service, "refresh started", 1, Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sim.stats().inventory_calls == 0 {
@@ -33,7 +35,7 @@ async fn shutdown_abandons_a_running_refresh_without_publishing() {
     }
     assert_eq!(cache_keys_present(&mut redis, &keys).await, [keys.lock()]);
 
-    let status = service.terminate().await;
+    let status = service.terminate().await.unwrap();
     assert!(status.success(), "{}", service.log.join("\n"));
     assert!(service
         .log

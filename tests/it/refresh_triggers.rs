@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::future::join_all;
+use hawkeye_devtools::service::ServiceProcess;
 use hawkeye_devtools::sim::SimConfig;
-use serde_json::Value;
-
-use crate::common::refresh::{
+use hawkeye_devtools::testkit::refresh::{
     refresh_env, start_sim, trigger_refresh, wait_for_log, Notifications,
 };
-use crate::common::ServiceProcess;
+use hawkeye_devtools::testkit::service::binary;
+use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -38,8 +38,8 @@ async fn triggers_during_a_run_coalesce_into_one_follow_up_run() {
     sim.set_latency(Duration::from_millis(300));
     let mut env = refresh_env(&sim);
     env.insert("BRUIN_CONCURRENCY".into(), "1".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     wait_for_log(&mut service, "refresh started", 1, RUN).await;
 
     let triggers: BTreeSet<String> = join_all((0..5).map(|_| trigger_refresh(&env)))
@@ -83,5 +83,5 @@ async fn triggers_during_a_run_coalesce_into_one_follow_up_run() {
         "{:#?}",
         notifications.seen
     );
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
 }

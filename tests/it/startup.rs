@@ -3,16 +3,17 @@
 
 use std::time::Duration;
 
-use crate::common::service::{isolated_env, run_to_exit};
-use crate::common::{cassandra_session, unique, ServiceProcess};
+use hawkeye_devtools::service::{free_port, ServiceProcess};
+use hawkeye_devtools::testkit::service::{binary, isolated_env, run_to_exit};
+use hawkeye_devtools::testkit::{cassandra_session, unique};
 
 #[tokio::test]
 async fn starts_ready_creates_the_table_and_stops_on_sigterm() {
     let mut env = isolated_env();
     let keyspace = unique("hcc_start");
     env.insert("CASSANDRA_KEYSPACE".into(), keyspace.clone());
-    let mut service = ServiceProcess::start(env);
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
 
     let ready: serde_json::Value = reqwest::get(service.http_url("/ready"))
         .await
@@ -26,12 +27,7 @@ async fn starts_ready_creates_the_table_and_stops_on_sigterm() {
     }
     let health = reqwest::get(service.http_url("/health")).await.unwrap();
     assert!(health.status().is_success());
-    let metrics = reqwest::get(service.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await.unwrap();
     assert!(metrics.contains("hawkeye_customer_cache_profile_events_consumed_total"));
 
     let session = cassandra_session().await;
@@ -62,7 +58,7 @@ async fn starts_ready_creates_the_table_and_stops_on_sigterm() {
         );
     }
 
-    let status = service.terminate().await;
+    let status = service.terminate().await.unwrap();
     assert!(
         status.success(),
         "exit {status}: {}",
@@ -134,7 +130,7 @@ async fn a_wrong_redis_password_is_not_echoed() {
 #[tokio::test]
 async fn unreachable_kafka_stops_start_up_with_one_line() {
     let mut env = isolated_env();
-    let closed = format!("127.0.0.1:{}", crate::common::free_port());
+    let closed = format!("127.0.0.1:{}", free_port());
     env.insert("KAFKA_BROKERS".into(), closed);
     let (code, stderr) = run_to_exit(&env, Duration::from_secs(60)).await;
     assert_eq!(code, 1);
@@ -161,8 +157,8 @@ async fn cassandra_cluster_settings_shape_the_keyspace_and_the_routing() {
     env.insert("CASSANDRA_LOCAL_DC".into(), "datacenter1".into());
     env.insert("CASSANDRA_CONSISTENCY".into(), "ALL".into());
     env.insert("CASSANDRA_WRITE_CONCURRENCY".into(), "8".into());
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     let session = cassandra_session().await;
     let rows = session
         .query_unpaged(
@@ -179,7 +175,7 @@ async fn cassandra_cluster_settings_shape_the_keyspace_and_the_routing() {
         "{replication:?}"
     );
     assert_eq!(replication["datacenter1"], "1");
-    assert!(service.terminate().await.success());
+    assert!(service.terminate().await.unwrap().success());
     session
         .query_unpaged(format!("DROP KEYSPACE {keyspace}"), ())
         .await

@@ -7,10 +7,10 @@ use hawkeye_customer_cache::config::StoreSettings;
 use hawkeye_customer_cache::observe::Metrics;
 use hawkeye_customer_cache::profile::ProfileUpdate;
 use hawkeye_customer_cache::stores::{CassandraStore, ProfileStores, RedisStore};
+use hawkeye_devtools::service::free_port;
 use hawkeye_devtools::service::isolated_stores;
+use hawkeye_devtools::testkit::{stack, unique};
 use redis::AsyncCommands;
-
-use crate::common::{free_port, stack, unique};
 
 /// Store settings of the stack with this test's own Redis prefixes.
 fn settings() -> StoreSettings {

@@ -1,22 +1,21 @@
 //! The service under test or measurement: the settings and environment of one isolated
-//! instance (its own topics, group, Redis prefixes and HTTP port) on the local stack, and the
-//! `hawkeye-customer-cache run` child process, whose memory is its own and can be read from
-//! `/proc/<pid>/status`.
+//! instance (its own topics, group, Redis prefixes and HTTP port) on the local stack, the
+//! `hawkeye-customer-cache` child process ([`ServiceProcess`], the one harness of the tests and
+//! the benchmark), and what `/proc` tells of it and of the stack's servers.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
 use hawkeye_customer_cache::config::{KafkaSettings, StoreSettings, Topics};
+
+mod process;
+
+pub use process::{built_binary, run_command, Exit, ServiceProcess};
 
 /// The keyspace of isolated services (device ids and Redis keys are unique per service; the
 /// integration tests use their own keyspace).
@@ -29,10 +28,6 @@ pub struct Stack {
     pub redis_url: String,
     pub cassandra_nodes: String,
 }
-
-/// How long a service may take to start (Cassandra schema checks included).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Memory of a process, in MiB: resident now, and the peak since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -124,140 +119,6 @@ pub fn free_port() -> u16 {
         .map(|_| FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
         .unwrap_or(9899)
-}
-
-/// A running service; killed when dropped.
-pub struct ServiceChild {
-    child: Child,
-    pid: u32,
-    http: reqwest::Client,
-    metrics_url: String,
-    ready_url: String,
-    log: PathBuf,
-}
-
-impl ServiceChild {
-    /// Starts `binary run` with exactly `env`; its log goes to a file in the temp directory.
-    pub async fn start(binary: &PathBuf, env: &HashMap<String, String>) -> anyhow::Result<Self> {
-        let name = env
-            .get("ENVIRONMENT_NAME")
-            .map_or("service", String::as_str);
-        let http_addr = env.get("HTTP_ADDR").context("HTTP_ADDR is not set")?;
-        // Instances of one deployment share ENVIRONMENT_NAME; each has its own port.
-        let port = http_addr.rsplit(':').next().unwrap_or_default();
-        let log = std::env::temp_dir().join(format!("{name}.{port}.log"));
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(binary)
-            .arg("run")
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("the service exited at once")?;
-        let mut service = ServiceChild {
-            child,
-            pid,
-            http: reqwest::Client::new(),
-            metrics_url: format!("http://{http_addr}/metrics"),
-            ready_url: format!("http://{http_addr}/ready"),
-            log,
-        };
-        service.wait_ready().await?;
-        Ok(service)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(response) = self.http.get(&self.ready_url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!(
-                    "the service exited with {status}; see {}",
-                    self.log.display()
-                );
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "the service was not ready after {READY_TIMEOUT:?}; see {}",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The value of one series of `/metrics` (`hawkeye_customer_cache_` prefix included),
-    /// 0 when absent.
-    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        Ok(self
-            .metrics()
-            .await?
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    /// The whole `/metrics` text.
-    pub async fn metrics(&self) -> anyhow::Result<String> {
-        self.http
-            .get(&self.metrics_url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .context("cannot read /metrics")?
-            .text()
-            .await
-            .context("cannot read /metrics")
-    }
-
-    /// VmRSS and VmHWM from `/proc/<pid>/status`.
-    pub fn memory(&self) -> anyhow::Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        Ok(parse_memory(&status))
-    }
-
-    /// CPU seconds (user + system) the service has used so far.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        process_cpu_seconds(self.pid)
-    }
-
-    /// SIGTERM, then waits for the exit; a service that does not stop in time is killed.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await
-            .context("cannot run kill")?;
-        if !sent.success() {
-            anyhow::bail!("kill -TERM {} failed", self.pid);
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                if !status.success() {
-                    anyhow::bail!(
-                        "the service exited with {status}; see {}",
-                        self.log.display()
-                    );
-                }
-                Ok(())
-            }
-            Err(_) => {
-                self.child.kill().await?;
-                anyhow::bail!("the service did not stop within {STOP_TIMEOUT:?} of SIGTERM")
-            }
-        }
-    }
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, fixed at 100 by the kernel ABI).

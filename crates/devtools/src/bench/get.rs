@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::table::{median, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::service::{isolated_env, isolated_kafka, isolated_stores, ServiceChild};
+use crate::service::{isolated_env, isolated_kafka, isolated_stores};
 use crate::sim::{Fleet, FleetShape};
 use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
 use hawkeye_customer_cache::cache::keys::CacheKeys;
@@ -79,7 +79,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         .await?
         .connection();
     let keys = CacheKeys::new(&name);
-    let service = ServiceChild::start(&bench.binary, &env).await?;
+    let service = bench.start_service(&env).await?;
     // One producer for all clients, as one application's requesters would share it.
     let producer = producer(&kafka)?;
     let mut clients = Vec::with_capacity(CLIENTS);

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::push::{acknowledged, check_last_events, event, produce, wait_for_acknowledged};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report};
-use crate::service::{free_port, isolated_env, isolated_kafka, ServiceChild};
+use crate::service::{free_port, isolated_env, isolated_kafka, ServiceProcess};
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{client_config, producer};
 
@@ -98,11 +98,8 @@ async fn run(bench: &Bench, rep: usize, count: usize) -> anyhow::Result<Instance
             env
         })
         .collect();
-    let services = futures::future::try_join_all(
-        envs.iter()
-            .map(|env| ServiceChild::start(&bench.binary, env)),
-    )
-    .await?;
+    let services =
+        futures::future::try_join_all(envs.iter().map(|env| bench.start_service(env))).await?;
     settle(&kafka, &services).await?;
     // Timed like the push: from the first to the last of the events acknowledged.
     produce(&kafka, &name, events, devices).await?;
@@ -139,7 +136,7 @@ async fn run(bench: &Bench, rep: usize, count: usize) -> anyhow::Result<Instance
 /// partitions it was assigned (librdkafka's statistics, every 5 s, once a commit made the lag
 /// known), all of them covered. The measured events then find a
 /// settled group, so the figure is the throughput of `count` instances, not a rebalance.
-async fn settle(kafka: &KafkaSettings, services: &[ServiceChild]) -> anyhow::Result<()> {
+async fn settle(kafka: &KafkaSettings, services: &[ServiceProcess]) -> anyhow::Result<()> {
     let topic = kafka
         .topics
         .profile_updates

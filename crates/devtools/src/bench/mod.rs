@@ -13,16 +13,18 @@ mod store_limit;
 pub mod table;
 mod visibility;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 
-use crate::service::{self, Stack};
+use crate::service::{self, ServiceProcess, Stack};
 use table::Row;
 
-/// The service binary's file name, looked for next to this executable.
-const SERVICE_BINARY: &str = "hawkeye-customer-cache";
+/// How long a service may take to start (Cassandra schema checks included).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -159,6 +161,16 @@ impl Bench {
         format!("{}.{what}", self.run_id)
     }
 
+    /// Starts the service binary with exactly `env` and waits until it is ready.
+    pub async fn start_service(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<ServiceProcess> {
+        let mut service = ServiceProcess::start(&self.binary, env.clone())?;
+        service.wait_ready(READY_TIMEOUT).await?;
+        Ok(service)
+    }
+
     /// The harness's own connections to the stores, with the keys of the service `name`.
     pub async fn harness(&self, name: &str) -> anyhow::Result<probe::Harness> {
         probe::Harness::connect(&service::isolated_stores(&self.stack, name)).await
@@ -225,9 +237,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn service_binary(chosen: Option<&Path>) -> anyhow::Result<PathBuf> {
     let binary = match chosen {
         Some(path) => path.to_path_buf(),
-        None => std::env::current_exe()
-            .context("cannot find this executable")?
-            .with_file_name(SERVICE_BINARY),
+        None => service::built_binary()?,
     };
     if !binary.is_file() {
         anyhow::bail!(

@@ -19,7 +19,7 @@ use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{
     cassandra_pid, isolated_env, isolated_kafka, jit_tier_limit, kafka_pid, machine_busy_seconds,
-    process_cpu_seconds, redis_pid, Memory, ServiceChild,
+    process_cpu_seconds, redis_pid, Memory, ServiceProcess,
 };
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{ensure_topics, producer};
@@ -386,7 +386,7 @@ struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    fn now(service: &ServiceChild, pids: &StackPids) -> anyhow::Result<Self> {
+    fn now(service: &ServiceProcess, pids: &StackPids) -> anyhow::Result<Self> {
         let of = |pid: Option<u32>| pid.map(process_cpu_seconds).transpose();
         Ok(CpuSnapshot {
             service: service.cpu_seconds()?,
@@ -408,7 +408,7 @@ async fn service_run(bench: &Bench, rep: usize, pids: &StackPids) -> anyhow::Res
     produce(&kafka, &name, 2 * sizes.push_events, sizes.push_devices).await?;
     let harness = bench.harness(&name).await?;
     harness.settle_compactions().await;
-    let service = ServiceChild::start(&bench.binary, &env).await?;
+    let service = bench.start_service(&env).await?;
     let services = std::slice::from_ref(&service);
     let (started, first) = wait_for_acknowledged(services, 1).await?;
     let cpu_started = CpuSnapshot::now(&service, pids)?;
@@ -478,7 +478,7 @@ pub(super) async fn produce(
 }
 
 /// The events the services acknowledged so far, each instance's count.
-pub(super) async fn acknowledged(services: &[ServiceChild]) -> anyhow::Result<Vec<usize>> {
+pub(super) async fn acknowledged(services: &[ServiceProcess]) -> anyhow::Result<Vec<usize>> {
     let mut counts = Vec::with_capacity(services.len());
     for service in services {
         counts.push(service.metric(ACKNOWLEDGED).await? as usize);
@@ -489,7 +489,7 @@ pub(super) async fn acknowledged(services: &[ServiceChild]) -> anyhow::Result<Ve
 /// Polls `/metrics` until the services together acknowledged at least `count` events: when,
 /// and how many.
 pub(super) async fn wait_for_acknowledged(
-    services: &[ServiceChild],
+    services: &[ServiceProcess],
     count: usize,
 ) -> anyhow::Result<(Instant, usize)> {
     let mut seen = 0;

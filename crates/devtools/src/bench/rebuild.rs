@@ -5,19 +5,19 @@
 //! [`crate::service::KEYSPACE`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
-use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::probe::Harness;
 use super::push::{merged_chunks, producer_id};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report};
-use crate::service::{isolated_env, isolated_stores};
+use crate::service::{isolated_env, isolated_stores, run_command, Exit};
 use hawkeye_customer_cache::stores::cassandra::scan::{
     selected_columns, token_ranges, PAGE_SIZE, RANGES_IN_FLIGHT, TOKEN_RANGES,
 };
@@ -27,6 +27,9 @@ use hawkeye_customer_cache::stores::cassandra::{CassandraStore, ProfileWriter};
 const TARGET_RATIO: f64 = 0.5;
 /// Devices checked to hold their seeded hash in Redis after each rebuild.
 const CHECKED_DEVICES: usize = 20;
+/// A rebuild that takes longer has hung: BENCHMARKS.md measured 7,000 devices/s, which would
+/// rebuild 25 million devices in this time.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let devices = bench.sizes.rebuild_devices;
@@ -186,21 +189,14 @@ async fn rebuild_rate(
     let name = bench.name(&format!("rebuild{rep}"));
     let mut env = isolated_env(&bench.stack, &name);
     env.insert("CASSANDRA_KEYSPACE".into(), keyspace.to_string());
-    let output = Command::new(&bench.binary)
-        .args(["profile", "rebuild-redis"])
-        .env_clear()
-        .envs(&env)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {}", bench.binary.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        anyhow::bail!(
-            "rebuild-redis exited with {}: {stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+    let rebuild = ["profile", "rebuild-redis"];
+    let Exit {
+        code,
+        stdout,
+        stderr,
+    } = run_command(&bench.binary, &rebuild, &env, REBUILD_TIMEOUT).await?;
+    if code != 0 {
+        anyhow::bail!("rebuild-redis exited with {code}: {stdout}{stderr}");
     }
     let (rebuilt, seconds) =
         parse_summary(&stdout).with_context(|| format!("no summary line in {stdout:?}"))?;

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::table::{median, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::service::{isolated_env, isolated_kafka, Memory, ServiceChild};
+use crate::service::{isolated_env, isolated_kafka, Memory};
 use crate::sim::{SimConfig, Simulator};
 use hawkeye_customer_cache::cache::client::listen_at_end;
 use hawkeye_customer_cache::cache::trigger::send_trigger;
@@ -147,7 +147,7 @@ async fn refreshes(
     let kafka = isolated_kafka(&bench.stack, &name);
     let notifications =
         listen_at_end(&kafka, kafka.topics.notifications.clone(), LISTEN_TIMEOUT).await?;
-    let service = ServiceChild::start(&bench.binary, &env).await?;
+    let service = bench.start_service(&env).await?;
     let (first, kept) = succeeded(&notifications, None).await?;
     let stats = sim.stats();
     let mut seconds = vec![first];

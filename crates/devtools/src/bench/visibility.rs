@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::probe::Harness;
 use super::table::{percentile, Row};
 use super::{Bench, Report};
-use crate::service::{isolated_env, isolated_kafka, ServiceChild};
+use crate::service::{isolated_env, isolated_kafka};
 use hawkeye_customer_cache::cache::client::listen_at_end;
 use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{client_config, ensure_topics};
@@ -47,7 +47,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         .first()
         .context("no profile topic")?;
     ensure_topics(&kafka, &[topic]).await?;
-    let service = ServiceChild::start(&bench.binary, &env).await?;
+    let service = bench.start_service(&env).await?;
     let harness = bench.harness(&name).await?;
     // An upstream producer that sends at once: its own linger is its choice, not the service's.
     let producer: FutureProducer = client_config(&kafka)

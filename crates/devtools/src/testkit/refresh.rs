@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
-use hawkeye_devtools::sim::{RunningSim, SimConfig, Simulator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use redis::AsyncCommands;
 use serde_json::Value;
-use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::service::{isolated_env, BINARY};
-use super::ServiceProcess;
+use super::service::{binary, isolated_env, run_command};
 use super::{stack, unique};
+use crate::service::ServiceProcess;
+use crate::sim::{RunningSim, SimConfig, Simulator};
 
 /// The contract's default `MONITORABLE_MANAGEMENT_STATUSES`.
 pub fn monitorable() -> Vec<String> {
@@ -53,31 +52,16 @@ pub fn refresh_env(sim: &RunningSim) -> HashMap<String, String> {
 pub async fn start_with_notifications(
     env: &HashMap<String, String>,
 ) -> (ServiceProcess, Notifications) {
-    let mut service = ServiceProcess::start(env.clone());
-    service.wait_ready(Duration::from_secs(60)).await;
+    let mut service = ServiceProcess::start(binary(), env.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(60)).await.unwrap();
     (service, Notifications::subscribe(env))
 }
 
 /// Runs `hawkeye-customer-cache refresh` with `env`; returns the request_id it printed.
 pub async fn trigger_refresh(env: &HashMap<String, String>) -> String {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(BINARY)
-            .arg("refresh")
-            .env_clear()
-            .envs(env)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the refresh command did not exit in time")
-    .expect("cannot run the refresh command");
-    assert!(
-        output.status.success(),
-        "refresh command failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let request_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let (code, stdout, stderr) = run_command(&["refresh"], env, Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "refresh command failed: {stderr}");
+    let request_id = stdout.trim().to_string();
     assert!(
         !request_id.is_empty(),
         "the refresh command printed no request_id"

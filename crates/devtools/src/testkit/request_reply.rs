@@ -2,7 +2,6 @@
 //! replies read straight from the reply topic.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,10 +13,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::service::BINARY;
+use super::service::run_command;
 use super::stack;
 
 /// What one run of `hawkeye-customer-cache get` printed and returned.
@@ -31,26 +29,12 @@ pub struct GetRun {
 
 /// Runs the `get` client with the service's environment (topics, brokers) and `args`.
 pub async fn run_get(env: &HashMap<String, String>, args: &[&str]) -> GetRun {
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new(BINARY)
-            .arg("get")
-            .args(args)
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the get client did not exit in time")
-    .expect("cannot run the get client");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let get_args: Vec<&str> = ["get"].into_iter().chain(args.iter().copied()).collect();
+    let (code, stdout, stderr) = run_command(&get_args, env, Duration::from_secs(90)).await;
     GetRun {
-        code: output.status.code().unwrap_or(-1),
+        code,
         reply: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+        stderr,
     }
 }
 
@@ -245,17 +229,4 @@ pub fn correlation(message: &OwnedMessage) -> Option<Vec<u8>> {
 
 pub fn json_of(message: &OwnedMessage) -> Value {
     serde_json::from_slice(message.payload().expect("a reply value")).expect("reply is JSON")
-}
-
-/// A metric's value from the service's `/metrics`, 0 when absent.
-pub async fn metric(service: &super::ServiceProcess, series: &str) -> f64 {
-    let text = reqwest::get(service.http_url("/metrics"))
-        .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("/metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
