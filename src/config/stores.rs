@@ -67,7 +67,7 @@ pub struct StoreSettings {
     pub cassandra_credentials: CassandraCredentials,
     #[command(flatten)]
     pub cassandra_tls: CassandraTls,
-    /// Consistency level of every Cassandra request (see README, "Scaling out").
+    /// Consistency level of every Cassandra request (see README, "Configuration").
     #[arg(
         long,
         env = "CASSANDRA_CONSISTENCY",

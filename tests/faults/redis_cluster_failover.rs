@@ -63,7 +63,7 @@ async fn a_redis_cluster_master_restarted_mid_stream_loses_nothing() {
     assert_eq!(topic_records(&topic).await, stream.len() as i64);
     assert_eq!(topic_records(&env["TOPIC_PROFILE_DLQ"]).await, 0);
     assert!(service.terminate().await.unwrap().success());
-    // The cluster client stalls in some runs (README, "Failover"); say whether this one did.
+    // The cluster client stalls in some runs (docs/redis-cluster.md, "Failover"); say whether this one did.
     let replaced = service
         .log
         .iter()
