@@ -9,7 +9,8 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 use hawkeye_devtools::service::ServiceProcess;
-use hawkeye_devtools::testkit::profiles::{produce_json, producer, TopicReader};
+use hawkeye_devtools::testkit::profiles::{produce_json, producer, records_in, TopicReader};
+use hawkeye_devtools::testkit::request_reply::partition_ids;
 use hawkeye_devtools::testkit::service::{binary, run_to_exit};
 use hawkeye_devtools::testkit::{cassandra_session, stack, unique};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -364,35 +365,12 @@ fn kafka_client(group: &str) -> BaseConsumer {
         .expect("Kafka client")
 }
 
-/// Every partition of `topic`.
-fn partitions(client: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let metadata = client
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect()
-}
-
-/// Records in `topic` (the sum of its partitions' high watermarks; nothing is deleted).
+/// Records in `topic` (nothing is deleted: the sum of its partitions' high watermarks).
 pub async fn topic_records(topic: &str) -> i64 {
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let client = kafka_client(&unique("watermarks"));
-        partitions(&client, &topic)
-            .into_iter()
-            .map(|partition| {
-                client
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
-            })
-            .sum()
-    })
-    .await
-    .expect("watermarks task")
+    tokio::task::spawn_blocking(move || records_in(&topic))
+        .await
+        .expect("watermarks task")
 }
 
 /// The offsets `group` committed on `topic`, summed over partitions (0 where none).
@@ -401,7 +379,7 @@ pub async fn committed_records(group: &str, topic: &str) -> i64 {
     tokio::task::spawn_blocking(move || {
         let client = kafka_client(&group);
         let mut list = TopicPartitionList::new();
-        for partition in partitions(&client, &topic) {
+        for partition in partition_ids(&client, &topic, Duration::from_secs(10)) {
             list.add_partition(&topic, partition);
         }
         let committed = client

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::cache_fixture::redis_connection;
+use super::request_reply::partition_ids;
 use super::{stack, unique};
 
 /// A producer like a registry's: compressed, so values just over 1 MiB pass the broker.
@@ -212,16 +213,11 @@ pub fn records_in(topic: &str) -> i64 {
         .create()
         .expect("consumer");
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| {
+    partition_ids(&consumer, topic, timeout)
+        .into_iter()
+        .map(|partition| {
             let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
+                .fetch_watermarks(topic, partition, timeout)
                 .expect("watermarks");
             high - low
         })
