@@ -193,8 +193,6 @@ mod tests {
 
     #[test]
     fn defaults_are_the_contract_defaults() {
-        // Parsed without the environment: the tests run beside a stack whose settings are
-        // exported (`scripts/test`).
         let kafka: KafkaSettings = defaults();
         assert_eq!(kafka.brokers, "127.0.0.1:9092");
         assert_eq!(kafka.group_id, "hawkeye-customer-cache");

@@ -83,14 +83,15 @@ fn setting_name(arg: &Arg) -> String {
 
 /// A group of settings at the defaults of its `#[arg]` attributes, the environment unread:
 /// the base of the settings tools and tests build (e.g. [`StoreSettings::new`]), so that no
-/// default is written twice.
+/// default is written twice. The unit tests check the defaults through it: they run beside a
+/// stack whose settings are exported (`scripts/test`).
 fn defaults<T: Args + FromArgMatches>() -> T {
     let command = T::augment_args(Command::new("defaults")).mut_args(|arg| arg.env(None));
     let parsed = command
         .try_get_matches_from(["defaults"])
         .and_then(|matches| T::from_arg_matches(&matches));
-    // The defaults are constants of this crate, each parsed by the unit tests: a default its
-    // own rule rejects is a bug, not an input to report.
+    // ok: the defaults are constants of this crate, each parsed by the unit tests: a default
+    // its own rule rejects is a bug, not an input to report.
     parsed.unwrap_or_else(|e| panic!("the default settings do not parse: {e}"))
 }
 

@@ -25,11 +25,14 @@ pub struct PushSettings {
 mod tests {
     use std::time::Duration;
 
+    use super::super::defaults;
     use super::super::testing::{parse, rejected};
+    use super::PushSettings;
 
     #[test]
     fn the_default_is_a_day() {
-        assert_eq!(parse(&[]).push.max_future, Duration::from_secs(86_400));
+        let push: PushSettings = defaults();
+        assert_eq!(push.max_future, Duration::from_secs(86_400));
     }
 
     #[test]

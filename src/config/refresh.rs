@@ -73,11 +73,13 @@ fn ratio(value: &str) -> Result<f64, String> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::testing::{parse, rejected};
+    use super::super::defaults;
+    use super::super::testing::rejected;
+    use super::RefreshSettings;
 
     #[test]
     fn defaults_are_the_contract_defaults() {
-        let refresh = parse(&[]).refresh;
+        let refresh: RefreshSettings = defaults();
         assert_eq!(refresh.interval, Duration::from_secs(14400));
         assert_eq!(refresh.hawkeye_max_attempts, 10);
         assert_eq!(refresh.bruin_concurrency, 64);

@@ -51,11 +51,13 @@ fn reply_max_bytes(value: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::defaults;
     use super::super::testing::{parse, rejected};
+    use super::ServeSettings;
 
     #[test]
     fn defaults_are_the_contract_defaults() {
-        let serve = parse(&[]).serve;
+        let serve: ServeSettings = defaults();
         assert_eq!(serve.timezone, chrono_tz::UTC);
         assert_eq!(serve.reply_max_bytes, 900_000);
         assert!(serve.reply_topics_allowed.is_none());

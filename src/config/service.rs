@@ -81,7 +81,9 @@ fn socket_address(value: &str) -> Result<SocketAddr, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::defaults;
     use super::super::testing::{parse, rejected};
+    use super::HttpSettings;
 
     /// The API settings `run` cannot do without.
     const APIS: [&str; 14] = [
@@ -103,7 +105,8 @@ mod tests {
 
     #[test]
     fn the_http_address_is_checked() {
-        assert_eq!(parse(&[]).http.addr.to_string(), "127.0.0.1:9898");
+        let http: HttpSettings = defaults();
+        assert_eq!(http.addr.to_string(), "127.0.0.1:9898");
         assert_eq!(rejected(&["--http-addr", "x"]).setting, "HTTP_ADDR");
     }
 

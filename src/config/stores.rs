@@ -345,8 +345,6 @@ mod tests {
 
     #[test]
     fn defaults_are_the_contract_defaults() {
-        // Parsed without the environment: the tests run beside a stack whose settings are
-        // exported (`scripts/test`).
         let stores: StoreSettings = defaults();
         stores.validate().unwrap();
         assert_eq!(stores.redis_url.expose(), "redis://127.0.0.1:6379/0");
