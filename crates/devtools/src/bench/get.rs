@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 use tokio::time::Instant;
 
-use super::table::{median, percentile, thousands, Row};
+use super::table::{median_of, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{isolated_env, isolated_kafka, isolated_stores};
 use crate::sim::{Fleet, FleetShape};
@@ -241,8 +241,7 @@ async fn load(
 }
 
 fn load_row(devices: usize, label: &str, concurrency: usize, runs: &[Load]) -> Row {
-    let of_runs =
-        |figure: &dyn Fn(&Load) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
+    let of_runs = |figure: &dyn Fn(&Load) -> f64| median_of(runs, figure);
     let p50 = of_runs(&|run| percentile(&run.latencies_ms, 50.0));
     let p99 = of_runs(&|run| percentile(&run.latencies_ms, 99.0));
     let per_second = of_runs(&|run| run.per_second);

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::probe::Harness;
 use super::store_limit::{self, per_100k, StoreLimit, INSERTS_IN_FLIGHT};
-use super::table::{median, thousands, Row};
+use super::table::{median, median_of, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{
     cassandra_pid, isolated_env, isolated_kafka, jit_tier_limit, kafka_pid, machine_busy_seconds,
@@ -272,12 +272,7 @@ fn c1_only_note(pid: u32) -> Option<String> {
 /// for the plain INSERTs at their best and at the push's rate: the write pattern should cost
 /// Cassandra no more than those.
 fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit], paced: &[Option<f64>]) -> Option<[Row; 2]> {
-    let service = median(
-        &runs
-            .iter()
-            .map(|run| run.service_cpu_per_100k)
-            .collect::<Vec<_>>(),
-    );
+    let service = median_of(runs, |run| run.service_cpu_per_100k);
     let cassandra = median_if_known(runs.iter().map(|run| run.cassandra_cpu_per_100k))?;
     let inserts = median_if_known(
         limits
@@ -309,18 +304,10 @@ fn machine_row(runs: &[ServiceRun]) -> Row {
         median_if_known(runs.iter().map(cpu))
             .map_or("n/a".to_string(), |median| format!("{median:.1} s"))
     };
-    let machine = median(
-        &runs
-            .iter()
-            .map(|run| run.machine_cpu_per_100k)
-            .collect::<Vec<_>>(),
-    );
-    let capacity = median(
-        &runs
-            .iter()
-            .map(|run| per_100k(cores() as f64, run.events_per_s.round() as usize))
-            .collect::<Vec<_>>(),
-    );
+    let machine = median_of(runs, |run| run.machine_cpu_per_100k);
+    let capacity = median_of(runs, |run| {
+        per_100k(cores() as f64, run.events_per_s.round() as usize)
+    });
     Row::new(
         "CPU per 100k events during the push: Redis / Kafka / whole machine",
         format!(
@@ -338,18 +325,8 @@ fn machine_row(runs: &[ServiceRun]) -> Row {
 /// The whole machine's CPU per event during the push beside the two-store limit's: what the
 /// push spends beyond writing both stores (merging, ordering, checking, Kafka, the service).
 fn two_store_cpu_row(runs: &[ServiceRun], limits: &[StoreLimit]) -> Row {
-    let push = median(
-        &runs
-            .iter()
-            .map(|run| run.machine_cpu_per_100k)
-            .collect::<Vec<_>>(),
-    );
-    let limit = median(
-        &limits
-            .iter()
-            .map(|limit| limit.two_stores.machine_cpu_per_100k)
-            .collect::<Vec<_>>(),
-    );
+    let push = median_of(runs, |run| run.machine_cpu_per_100k);
+    let limit = median_of(limits, |limit| limit.two_stores.machine_cpu_per_100k);
     Row::new(
         "whole machine CPU per 100k events during the push",
         format!("{push:.1} s"),

@@ -92,6 +92,11 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The median of `figure` over `items`.
+pub fn median_of<T>(items: &[T], figure: impl Fn(&T) -> f64) -> f64 {
+    median(&items.iter().map(figure).collect::<Vec<_>>())
+}
+
 /// The `p`-th percentile (0–100) by the nearest-rank method; 0 when empty.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
@@ -128,6 +133,10 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+        assert_eq!(
+            median_of(&[("a", 3.0), ("b", 1.0), ("c", 2.0)], |pair| pair.1),
+            2.0
+        );
     }
 
     #[test]
