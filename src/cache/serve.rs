@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;
@@ -22,6 +21,7 @@ use super::keys::CacheKeys;
 use super::reader::CacheReader;
 use super::snapshot::ChangeId;
 use crate::config::{KafkaSettings, ServeSettings};
+use crate::kafka::access;
 use crate::kafka::ingress::{Ingress, Role};
 use crate::kafka::request_reply::{
     correlation_headers, reply_correlation_id, ReplyRoute, ReplyTopics, RequestHeaders, RouteError,
@@ -120,8 +120,8 @@ impl Incoming {
 enum Unanswered {
     #[error(transparent)]
     Route(#[from] RouteError),
-    #[error("reply not delivered to {topic}: {error}")]
-    Delivery { topic: String, error: KafkaError },
+    #[error("reply not delivered to {topic}: {reason}")]
+    Delivery { topic: String, reason: String },
 }
 
 impl Unanswered {
@@ -257,9 +257,15 @@ impl GetServer {
             self.producer.send(record, QUEUE_TIMEOUT)
         });
         for delivered in join_all(deliveries).await {
-            delivered.map_err(|(error, _)| Unanswered::Delivery {
-                topic: route.topic.clone(),
-                error,
+            delivered.map_err(|(error, _)| {
+                let topic = format!("topic {}", route.topic);
+                let refused = error
+                    .rdkafka_error_code()
+                    .and_then(|code| access::missing_grant(code, "WRITE", &topic));
+                Unanswered::Delivery {
+                    topic: route.topic.clone(),
+                    reason: refused.unwrap_or_else(|| error.to_string()),
+                }
             })?;
         }
         tracing::debug!(%request_id, status, values = values.len(), "cache request answered");

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::access;
 use crate::sync;
 
 /// How long a report is not repeated.
@@ -90,6 +91,7 @@ impl ClientContext for ClientLog {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        access::note_error(&error, reason);
         report(Severity::Error, &format!("librdkafka: {error}: {reason}"));
     }
 }

@@ -17,6 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::access;
 use super::client_log::{self, ClientLog};
 use super::offsets::PendingOffsets;
 use super::statistics::ClientMetrics;
@@ -98,7 +99,7 @@ impl Ingress {
     ) -> anyhow::Result<Self> {
         let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
         let group_id = role.group_id(&settings.group_id);
-        adopt_former_offsets(settings, &group_id, &topics).await;
+        adopt_former_offsets(settings, &group_id, &topics).await?;
         let mut config = group_config(settings, &group_id);
         let context = ClientMetrics::consumer(&mut config, metrics, &group_id);
         let consumer: StreamConsumer<ClientMetrics> = config
@@ -191,7 +192,11 @@ impl Ingress {
             match self.consumer.recv().await {
                 Ok(message) => return message.detach(),
                 Err(e) => {
-                    client_log::warn(&format!("Kafka consumer error; still trying: {e}"));
+                    let refused = e
+                        .rdkafka_error_code()
+                        .and_then(|code| access::missing_grant(code, "READ", "a subscribed topic"));
+                    let error = refused.unwrap_or_else(|| e.to_string());
+                    client_log::warn(&format!("Kafka consumer error; still trying: {error}"));
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                 }
             }
@@ -216,8 +221,13 @@ impl Ingress {
 /// Gives `group_id` the offsets the former group `KAFKA_GROUP_ID` committed on `topics`, for
 /// the partitions where `group_id` has none yet. Best effort: when it cannot be done (the
 /// group already has members, Kafka is slow) the group starts as any new group does, at the
-/// earliest record, which at-least-once allows.
-async fn adopt_former_offsets(settings: &KafkaSettings, group_id: &str, topics: &[&str]) {
+/// earliest record, which at-least-once allows. The one failure that stops start-up is the
+/// brokers refusing this client its own group: it could not consume at all.
+async fn adopt_former_offsets(
+    settings: &KafkaSettings,
+    group_id: &str,
+    topics: &[&str],
+) -> anyhow::Result<()> {
     let settings = settings.clone();
     let group = group_id.to_string();
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
@@ -225,6 +235,7 @@ async fn adopt_former_offsets(settings: &KafkaSettings, group_id: &str, topics: 
         tokio::task::spawn_blocking(move || adopt_blocking(&settings, &group, &topics)).await;
     match adopted {
         Ok(Ok(0)) => {}
+        Ok(Err(e)) if e.is::<GroupRefused>() => return Err(e),
         Ok(Ok(partitions)) => tracing::info!(
             group = group_id,
             partitions,
@@ -237,7 +248,13 @@ async fn adopt_former_offsets(settings: &KafkaSettings, group_id: &str, topics: 
         ),
         Err(e) => tracing::warn!(group = group_id, error = %e, "offset take-over task failed"),
     }
+    Ok(())
 }
+
+/// The brokers refuse this client the consumer group it is to join.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct GroupRefused(String);
 
 /// How many partitions got the former group's offset.
 fn adopt_blocking(
@@ -265,7 +282,15 @@ fn adopt_blocking(
     }
     let committed = group
         .committed_offsets(partitions, OFFSETS_TIMEOUT)
-        .context("cannot read the group's committed offsets")?;
+        .map_err(|e| {
+            let refused = e.rdkafka_error_code().and_then(|code| {
+                access::missing_grant(code, "READ", &format!("consumer group {group_id}"))
+            });
+            match refused {
+                Some(grant) => anyhow::Error::new(GroupRefused(grant)),
+                None => anyhow::Error::new(e).context("cannot read the group's committed offsets"),
+            }
+        })?;
     let without_offset = only(&committed, |offset| offset == Offset::Invalid)?;
     if without_offset.count() == 0 {
         return Ok(0);

@@ -1,6 +1,7 @@
 //! The Kafka edges of the service: client configuration, the shared producer, topic set-up,
 //! the one consumer ingress, dead letters, notifications and request/reply headers.
 
+pub mod access;
 pub mod client_log;
 pub mod dead_letters;
 pub mod ingress;
@@ -10,11 +11,12 @@ pub mod request_reply;
 pub mod statistics;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
@@ -29,6 +31,8 @@ pub type ServiceProducer = FutureProducer<ClientMetrics>;
 
 /// How long start-up waits for the brokers to answer before giving up.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often start-up looks whether the brokers refused this client while it waits for them.
+const REFUSAL_POLL: Duration = Duration::from_secs(1);
 
 /// The librdkafka settings every client of the service shares: brokers plus `KAFKA_CONFIG`.
 pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
@@ -106,13 +110,19 @@ pub async fn check_brokers(producer: &ServiceProducer, timeout: Duration) -> Res
 }
 
 /// Creates the topics that are missing, with the brokers' default partitions and replication.
-/// Existing topics are left as they are.
+/// Existing topics are left as they are, and only missing ones are asked for: a client whose
+/// topics were created beforehand needs no right to create topics. A topic the client may not
+/// even see, or may not create, stops start-up with the grant to add.
 pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_topics(settings, names).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<ClientLog> = client_config(settings)
         .create_with_context(ClientLog)
         .map_err(redact_config_error)
         .map_err(|e| anyhow::anyhow!("cannot create Kafka admin client: {e}"))?;
-    let topics: Vec<NewTopic> = names
+    let topics: Vec<NewTopic> = missing
         .iter()
         .map(|name| NewTopic::new(name, -1, TopicReplication::Fixed(-1)))
         .collect();
@@ -125,10 +135,47 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::
         match result {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+            Err((name, code)) => match access::missing_grant(code, "CREATE", &format!("topic {name}")) {
+                Some(grant) => anyhow::bail!("cannot create topic {name}, which does not exist: {grant}, or create it beforehand"),
+                None => anyhow::bail!("cannot create topic {name}: {code}"),
+            },
         }
     }
     Ok(())
+}
+
+/// Which of `names` the brokers do not have. The metadata is read by a consumer-type client,
+/// which never has the brokers create a topic by asking for it.
+async fn missing_topics(settings: &KafkaSettings, names: &[&str]) -> anyhow::Result<Vec<String>> {
+    let consumer: BaseConsumer<ClientLog> = client_config(settings)
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(ClientLog)
+        .map_err(redact_config_error)
+        .map_err(|e| anyhow::anyhow!("cannot create Kafka client: {e}"))?;
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for name in names {
+            let metadata = consumer
+                .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                .map_err(|e| anyhow::anyhow!("cannot read the metadata of topic {name}: {e}"))?;
+            let error = metadata.topics().first().and_then(|topic| topic.error());
+            match error.map(RDKafkaErrorCode::from) {
+                None => {}
+                Some(
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                ) => missing.push(name),
+                Some(code) => {
+                    match access::missing_grant(code, "DESCRIBE", &format!("topic {name}")) {
+                        Some(grant) => anyhow::bail!("{grant}"),
+                        None => anyhow::bail!("cannot read the metadata of topic {name}: {code}"),
+                    }
+                }
+            }
+        }
+        Ok(missing)
+    })
+    .await?
 }
 
 /// `/ready` check of the brokers, through the shared producer's connections.
@@ -143,11 +190,23 @@ impl ReadinessCheck for BrokerCheck {
     }
 }
 
-/// Start-up check with the longer timeout.
+/// Start-up check with the longer timeout. A login or TLS handshake the brokers refuse ends it
+/// at once, with the settings to fix.
 pub async fn wait_for_brokers(producer: &ServiceProducer) -> anyhow::Result<()> {
-    check_brokers(producer, METADATA_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka (KAFKA_BROKERS): {e}"))
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        let answered = check_brokers(producer, REFUSAL_POLL).await;
+        if let Some(refused) = access::refused_connection() {
+            anyhow::bail!("{refused}");
+        }
+        match answered {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!("cannot reach Kafka (KAFKA_BROKERS): {e}")
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]
