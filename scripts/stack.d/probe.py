@@ -13,10 +13,11 @@
                                     CQL_USERNAME / CQL_PASSWORD from the environment.
                                     CQL_TLS_CA_FILE set: TLS, the server's certificate
                                     verified against that PEM file.
-  probe.py cql-file HOST:PORT FILE  the same with the statements of a CQL file (split at each ';'
+  probe.py cql-file HOST:PORT FILE [STMT...]
+                                    the same with the statements of a CQL file (split at each ';'
                                     outside quotes; -- // /* */ comments dropped), after
                                     substituting each ${NAME} with the environment variable NAME
-                                    (an unset one is an error)
+                                    (an unset one is an error), preceded by the STMTs
   probe.py subst FILE               print FILE with each ${NAME} substituted the same way
 
 Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protocol failure.
@@ -375,10 +376,10 @@ def main(argv):
         elif argv[1] == "subst":
             sys.stdout.write(substitute(argv[2]))
         elif argv[1] == "cql-file":
-            if len(argv) != 4:
+            if len(argv) < 4:
                 sys.stderr.write(__doc__)
                 return 2
-            cql_run(argv[2], cql_statements(substitute(argv[3])))
+            cql_run(argv[2], argv[4:] + cql_statements(substitute(argv[3])))
         else:
             cql_run(argv[2], argv[3:] or ["SELECT release_version FROM system.local"])
     except ServerError as e:

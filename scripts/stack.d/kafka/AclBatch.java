@@ -5,11 +5,13 @@
 //
 //   java -cp '<kafka jars>/*:<dir of AclBatch.class>' AclBatch FILE
 //
-// FILE: one invocation per line, each argument followed by a NUL character. Stops at the first
-// invocation that fails (exit 1).
+// FILE: each argument followed by a NUL character, each invocation by one more (an empty
+// argument ends it). Stops at the first invocation that fails (exit 1).
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
 
 import org.apache.kafka.common.utils.Exit;
 import org.apache.kafka.tools.AclCommand;
@@ -30,12 +32,20 @@ public final class AclBatch {
             throw new Exited(code, message);
         });
         String text = Files.readString(Path.of(args[0]), StandardCharsets.UTF_8);
-        int n = 0;
-        for (String line : text.split("\n")) {
-            if (line.isEmpty()) {
-                continue;
+        List<String[]> invocations = new ArrayList<>();
+        List<String> current = new ArrayList<>();
+        int start = 0;
+        for (int end = text.indexOf('\0'); end >= 0; start = end + 1, end = text.indexOf('\0', start)) {
+            String arg = text.substring(start, end);
+            if (arg.isEmpty()) {
+                invocations.add(current.toArray(new String[0]));
+                current.clear();
+            } else {
+                current.add(arg);
             }
-            String[] argv = line.split("\0");
+        }
+        int n = 0;
+        for (String[] argv : invocations) {
             n++;
             System.out.println("kafka-acls " + String.join(" ", argv));
             System.out.flush();
