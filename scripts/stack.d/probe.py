@@ -2,7 +2,10 @@
 """Readiness probes and a tiny CQL shell for scripts/stack (Python standard library only).
 
   probe.py kafka HOST:PORT          one ApiVersions + Metadata round trip; exit 0 when the broker
-                                    answers with itself in the broker list and a controller id
+                                    answers with itself in the broker list and a controller id.
+                                    KAFKA_TLS_CA_FILE set: TLS (an SSL listener), the broker's
+                                    certificate verified against that PEM file, with the client
+                                    certificate KAFKA_TLS_CERT_FILE + KAFKA_TLS_KEY_FILE if set.
   probe.py cql HOST:PORT [STMT...]  run CQL statements over native protocol v4 and print any rows,
                                     tab-separated, with a header line; exit 0 on success.
                                     Default statement: SELECT release_version FROM system.local
@@ -10,12 +13,19 @@
                                     CQL_USERNAME / CQL_PASSWORD from the environment.
                                     CQL_TLS_CA_FILE set: TLS, the server's certificate
                                     verified against that PEM file.
+  probe.py cql-file HOST:PORT FILE [STMT...]
+                                    the same with the statements of a CQL file (split at each ';'
+                                    outside quotes; -- // /* */ comments dropped), after
+                                    substituting each ${NAME} with the environment variable NAME
+                                    (an unset one is an error), preceded by the STMTs
+  probe.py subst FILE               print FILE with each ${NAME} substituted the same way
 
 Exit codes: 0 ok, 1 the server answered with an error, 2 no connection / protocol failure.
 """
 
 import datetime
 import os
+import re
 import socket
 import ssl
 import struct
@@ -96,8 +106,25 @@ def kafka_request(sock, api_key, api_version, corr, body):
     return resp
 
 
+def kafka_connect(addr):
+    host, port = parse_addr(addr)
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    ca_file = os.environ.get("KAFKA_TLS_CA_FILE")
+    if not ca_file:
+        return sock
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if os.environ.get("KAFKA_TLS_CERT_FILE"):
+            context.load_cert_chain(os.environ["KAFKA_TLS_CERT_FILE"],
+                                    os.environ.get("KAFKA_TLS_KEY_FILE"))
+        return context.wrap_socket(sock, server_hostname=host)
+    except (OSError, ssl.SSLError):
+        sock.close()
+        raise
+
+
 def probe_kafka(addr):
-    with socket.create_connection(parse_addr(addr), timeout=TIMEOUT) as sock:
+    with kafka_connect(addr) as sock:
         sock.settimeout(TIMEOUT)
         # ApiVersions v0 (every broker version answers it)
         r = kafka_request(sock, 18, 0, 1, b"")
@@ -290,13 +317,69 @@ def cql_run(addr, statements):
                 print("OK")
 
 
+# ---------------------------------------------------------------- files with ${NAME}s
+
+
+def substitute(path):
+    """The text of the file with each ${NAME} replaced by the environment variable NAME."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+
+    def value(m):
+        if m.group(1) not in os.environ:
+            raise ServerError("%s: ${%s} is not set" % (path, m.group(1)))
+        return os.environ[m.group(1)]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, text)
+
+
+def cql_statements(text):
+    """The statements of a CQL script: split at ';' outside quotes, comments dropped."""
+    statements, current, i, n = [], [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"":  # a string or quoted name; a doubled quote stays inside it
+            j = i + 1
+            while j < n and (text[j] != c or text[j + 1:j + 2] == c):
+                j += 2 if text[j] == c else 1
+            current.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("$$", i):
+            j = text.find("$$", i + 2)
+            j = n if j < 0 else j + 2
+            current.append(text[i:j])
+            i = j
+        elif text.startswith("--", i) or text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c == ";":
+            statements.append("".join(current).strip())
+            current = []
+            i += 1
+        else:
+            current.append(c)
+            i += 1
+    statements.append("".join(current).strip())
+    return [s for s in statements if s]
+
+
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("kafka", "cql"):
+    if len(argv) < 3 or argv[1] not in ("kafka", "cql", "cql-file", "subst"):
         sys.stderr.write(__doc__)
         return 2
     try:
         if argv[1] == "kafka":
             probe_kafka(argv[2])
+        elif argv[1] == "subst":
+            sys.stdout.write(substitute(argv[2]))
+        elif argv[1] == "cql-file":
+            if len(argv) < 4:
+                sys.stderr.write(__doc__)
+                return 2
+            cql_run(argv[2], argv[4:] + cql_statements(substitute(argv[3])))
         else:
             cql_run(argv[2], argv[3:] or ["SELECT release_version FROM system.local"])
     except ServerError as e:
