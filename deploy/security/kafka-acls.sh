@@ -31,21 +31,32 @@ fi
 
 # ---- the service
 
-# Topics it consumes: device profile events, refresh triggers, cache requests (it creates the
-# missing ones at start, hence Create).
+# Topics it consumes: device profile events, refresh triggers, cache requests.
 kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
   --allow-principal "User:$SERVICE_USER" \
-  --operation Read --operation Describe --operation Create \
+  --operation Read --operation Describe \
   --topic device.profile.updates \
   --topic hawkeye.customer.cache.refresh \
   --topic hawkeye.customer.cache.get
 
-# Topics it produces to: dead letters, cache replies, operational notifications; and device
-# profile events (profile publish and replay-dlq run with the service's settings write there).
+# Topics it produces to: dead letters, cache replies, operational notifications. A reply topic a
+# requester names (kafka_replyTopic, within REPLY_TOPICS_ALLOWED) needs Write too; without it
+# that request is counted as delivery_failed and logged with this grant.
 kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
   --allow-principal "User:$SERVICE_USER" \
-  --operation Write --operation Describe --operation Create \
+  --operation Write --operation Describe \
+  --topic device.profile.updates.dlq \
+  --topic hawkeye.customer.cache.reply \
+  --topic hawkeye.customer.cache.notifications
+
+# It creates the topics that are missing at start. Leave this grant out when the topics are
+# created beforehand: the service then asks for none.
+kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
+  --allow-principal "User:$SERVICE_USER" \
+  --operation Create \
   --topic device.profile.updates \
+  --topic hawkeye.customer.cache.refresh \
+  --topic hawkeye.customer.cache.get \
   --topic device.profile.updates.dlq \
   --topic hawkeye.customer.cache.reply \
   --topic hawkeye.customer.cache.notifications
@@ -59,11 +70,11 @@ kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_
 
 # ---- the operator tools
 
-# profile publish and replay-dlq write device profile events; cache refresh triggers and cache
-# requests are sent by hand.
+# profile publish and replay-dlq write device profile events; `refresh` sends a refresh trigger
+# and `get` a cache request (the tools run beside the service, whose topics exist).
 kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
   --allow-principal "User:$OPERATOR_USER" \
-  --operation Write --operation Describe --operation Create \
+  --operation Write --operation Describe \
   --topic device.profile.updates \
   --topic hawkeye.customer.cache.refresh \
   --topic hawkeye.customer.cache.get
@@ -80,10 +91,3 @@ kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_
   --allow-principal "User:$OPERATOR_USER" \
   --operation Read --operation Describe \
   --group "$KAFKA_GROUP_ID.replay-dlq"
-
-# The reply consumer of a cache request names a group of its own, hawkeye-customer-cache-get-<uuid>
-# (it joins none and commits nothing).
-kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
-  --allow-principal "User:$OPERATOR_USER" \
-  --operation Read --operation Describe \
-  --resource-pattern-type prefixed --group hawkeye-customer-cache-get-

@@ -31,7 +31,9 @@ pub fn refused_connection() -> Option<String> {
 /// TLS, naming the `KAFKA_CONFIG` keys that decide them; `None` for any other event (a broker
 /// down, a timeout: those are waited out).
 fn connection_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
-    let tls = reason.contains("SSL handshake failed") || reason.contains("SSL transport error");
+    // librdkafka words a TLS failure after the handshake ("Receive failed: … SSL routines::…
+    // alert bad certificate") as a transport failure.
+    let tls = reason.contains("SSL handshake failed") || reason.contains("SSL routines");
     let keys = match code? {
         RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
             "sasl.mechanisms, sasl.username, sasl.password"
@@ -86,7 +88,7 @@ mod tests {
             .contains("(KAFKA_CONFIG ssl.ca.location)"));
         let no_certificate = connection_refusal(
             Some(RDKafkaErrorCode::BrokerTransportFailure),
-            "ssl://127.0.0.1:9094/bootstrap: SSL transport error: error:0A00045C:SSL routines::tlsv13 alert certificate required",
+            "ssl://127.0.0.1:29094/bootstrap: Receive failed: ../ssl/record/rec_layer_s3.c:1601:ssl3_read_bytes error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42 (after 0ms in state APIVERSION_QUERY)",
         );
         assert!(no_certificate
             .unwrap_or_default()

@@ -31,3 +31,4 @@ mod refresh_faults;
 mod refusals;
 mod requests;
 mod secrets;
+mod secured;
