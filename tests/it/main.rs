@@ -8,6 +8,7 @@ mod alerts_prometheus;
 mod apis_bruin;
 mod apis_hawkeye;
 mod consumer_groups;
+mod deploy_grants;
 mod deploy_metrics;
 mod get_chunks;
 mod get_clients;
