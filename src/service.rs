@@ -49,9 +49,11 @@ pub async fn run(settings: RunSettings, shutdown: CancellationToken) -> anyhow::
         .map(String::as_str)
         .collect();
     kafka::ensure_topics(&settings.kafka, &all_topics).await?;
+    // One line naming what to check, and the error once: as a chain, its text would repeat
+    // once per layer that wraps the driver's error.
     let redis = RedisStore::connect(&settings.stores)
         .await
-        .context("cannot reach Redis (REDIS_URL)")?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", crate::stores::redis::connect_failure(&e)))?;
     let cassandra = CassandraStore::connect(&settings.stores)
         .await
         .with_context(|| {

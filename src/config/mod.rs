@@ -5,8 +5,9 @@
 //! written once, in its `#[arg]` attribute. Every setting is typed where clap reads it: each
 //! argument's value parser is a [`Rule`], whose error is a [`ConfigError`] naming the
 //! argument's environment variable in one line (`main` prints it before exiting 2). The few
-//! rules that involve several settings or a required value (Cassandra credentials and TLS,
-//! the API settings `run` needs) are checked by a small `validate` step after parsing.
+//! rules that involve several settings, files or a required value (Redis's TLS files, Cassandra
+//! credentials and TLS, the API settings `run` needs) are checked by a small `validate` step
+//! after parsing.
 //!
 //! The settings are plain data: what the service makes of them at run time (clients, metrics)
 //! is handed to the parts that need it where they are built.
@@ -25,7 +26,7 @@ pub use push::PushSettings;
 pub use refresh::RefreshSettings;
 pub use serve::ServeSettings;
 pub use service::{HttpSettings, RunSettings, ServiceSettings};
-pub use stores::{CassandraCredentials, CassandraTls, StoreSettings};
+pub use stores::{CassandraCredentials, CassandraTls, RedisTls, StoreSettings};
 
 use std::ffi::OsStr;
 use std::fmt;

@@ -27,6 +27,7 @@ mod poison;
 mod rebalance;
 mod redis_auth;
 mod redis_cluster_failover;
+mod redis_tls;
 mod refresh_faults;
 mod refusals;
 mod requests;

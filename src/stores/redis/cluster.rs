@@ -14,6 +14,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::tls::Tls;
 use crate::sync;
 
 /// How long the cluster may give no answer at all, while commands time out, before the
@@ -63,15 +64,16 @@ impl Watch {
 }
 
 impl WatchedCluster {
-    pub async fn connect(
+    pub(super) async fn connect(
         seeds: &[&str],
+        tls: &Tls,
         connection_timeout: Duration,
         response_timeout: Duration,
     ) -> RedisResult<Self> {
-        let client = ClusterClientBuilder::new(seeds.to_vec())
+        let builder = ClusterClientBuilder::new(seeds.to_vec())
             .connection_timeout(connection_timeout)
-            .response_timeout(response_timeout)
-            .build()?;
+            .response_timeout(response_timeout);
+        let client = tls.cluster(builder).build()?;
         let open_limit = connection_timeout + response_timeout;
         let connection = open(&client, open_limit).await?;
         Ok(WatchedCluster {

@@ -12,6 +12,8 @@ use redis::{
 };
 
 use super::cluster::WatchedCluster;
+use super::tls::Tls;
+use crate::config::RedisTls;
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,11 +33,19 @@ pub enum RedisConnection {
 impl RedisConnection {
     /// Connects to `urls` (one `redis://` URL, or several separated by commas: seed nodes of a
     /// cluster). The first seed that answers says whether it is a cluster (`INFO cluster`).
+    /// `rediss://` URLs: the system's roots, no client certificate.
     pub async fn connect(urls: &str) -> RedisResult<Self> {
+        Self::connect_with_tls(urls, &RedisTls::default()).await
+    }
+
+    /// [`Self::connect`] with the TLS files of `tls` for every server (`rediss://` URLs): the
+    /// server of one URL and every node of a cluster.
+    pub async fn connect_with_tls(urls: &str, tls: &RedisTls) -> RedisResult<Self> {
+        let tls = Tls::load(tls)?;
         let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
         let mut unreachable = None;
         for seed in &seeds {
-            let client = redis::Client::open(*seed)?;
+            let client = tls.client(seed)?;
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECTION_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -57,7 +67,8 @@ impl RedisConnection {
             };
             if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
                 let cluster =
-                    WatchedCluster::connect(&seeds, CONNECTION_TIMEOUT, RESPONSE_TIMEOUT).await?;
+                    WatchedCluster::connect(&seeds, &tls, CONNECTION_TIMEOUT, RESPONSE_TIMEOUT)
+                        .await?;
                 return Ok(RedisConnection::Cluster(cluster));
             }
             if seeds.len() > 1 {

@@ -1,10 +1,12 @@
 //! Redis: one server or a Redis Cluster behind one connection type shared by every task
-//! ([`connection`]), the device keys ([`RedisStore`]) and the device profile writer
-//! ([`writer`]: the upsert and delete scripts).
+//! ([`connection`]), over TLS with the same CA and client certificate for every server
+//! ([`tls`]), the device keys ([`RedisStore`]) and the device profile writer ([`writer`]: the
+//! upsert and delete scripts).
 
 mod cluster;
 mod connection;
 pub mod slots;
+mod tls;
 mod writer;
 
 use futures::future::BoxFuture;
@@ -15,6 +17,7 @@ use crate::config::StoreSettings;
 use crate::observe::http::ReadinessCheck;
 
 pub use self::connection::RedisConnection;
+pub use self::tls::TlsRefusal;
 pub use self::writer::{hash_value, ProfileWriter};
 
 #[derive(Clone)]
@@ -24,9 +27,12 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects and checks the server answers; start-up fails here when Redis is unreachable.
+    /// Connects and checks the server answers; start-up fails here when Redis is unreachable
+    /// (see [`connect_failure`] for what to check).
     pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let connection = RedisConnection::connect(settings.redis_url.expose()).await?;
+        let connection =
+            RedisConnection::connect_with_tls(settings.redis_url.expose(), &settings.redis_tls)
+                .await?;
         let store = RedisStore {
             connection,
             device_key_prefix: settings.redis_device_key_prefix.clone(),
@@ -57,6 +63,17 @@ impl RedisStore {
     pub fn device_versions_key(&self, device_id: &str) -> String {
         versions_key(&self.device_key(device_id))
     }
+}
+
+/// What a failed [`RedisStore::connect`] says to check, in words naming the setting: a TLS
+/// file when the handshake was refused over a certificate ([`TlsRefusal`]), else `REDIS_URL`.
+/// Never the URL itself (it may hold the password).
+pub fn connect_failure(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Redis(error) => TlsRefusal::of(error).map(TlsRefusal::describe),
+        StoreError::Cassandra(_) => None,
+    }
+    .unwrap_or("cannot reach Redis (REDIS_URL)")
 }
 
 /// Key of the versions hash that goes with the device hash `device_key`, in its slot, so that
