@@ -91,3 +91,10 @@ kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_
   --allow-principal "User:$OPERATOR_USER" \
   --operation Read --operation Describe \
   --group "$KAFKA_GROUP_ID.replay-dlq"
+
+# `get` reads its reply without joining a group, but librdkafka still looks up the coordinator of
+# the group id it names, hawkeye-customer-cache-get-<uuid>: Describe on that prefix.
+kafka-acls --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add \
+  --allow-principal "User:$OPERATOR_USER" \
+  --operation Describe \
+  --resource-pattern-type prefixed --group hawkeye-customer-cache-get-

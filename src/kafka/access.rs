@@ -3,6 +3,7 @@
 //! as an error event and then keeps retrying, so start-up would otherwise wait out its timeout
 //! and end with "brokers do not answer"; authorization errors come back as bare codes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -15,11 +16,24 @@ pub const GRANTS: &str = "README, \"Security\"";
 /// The last login or TLS refusal librdkafka reported, as the line to stop start-up with.
 static REFUSED_CONNECTION: Mutex<Option<String>> = Mutex::new(None);
 
+/// Whether a broker refused a consumer group of this process: librdkafka reports it only as
+/// an error event (the coordinator lookup), while the request that needed the group times out.
+static REFUSED_GROUP: AtomicBool = AtomicBool::new(false);
+
 /// Called with every error event of every client of the process.
 pub fn note_error(error: &KafkaError, reason: &str) {
-    if let Some(line) = connection_refusal(error.rdkafka_error_code(), reason) {
+    let code = error.rdkafka_error_code();
+    if code == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
+        REFUSED_GROUP.store(true, Ordering::Relaxed);
+    }
+    if let Some(line) = connection_refusal(code, reason) {
         *sync::lock(&REFUSED_CONNECTION) = Some(line);
     }
+}
+
+/// Whether a broker refused one of the process's consumer groups so far.
+pub fn group_refused() -> bool {
+    REFUSED_GROUP.load(Ordering::Relaxed)
 }
 
 /// The login or TLS refusal reported so far, if any.
@@ -34,7 +48,10 @@ fn connection_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<St
     // librdkafka words a TLS failure after the handshake ("Receive failed: … SSL routines::…
     // alert bad certificate") as a transport failure.
     let tls = reason.contains("SSL handshake failed") || reason.contains("SSL routines");
+    // A connection lost during the SASL exchange is reported as an authentication error too.
+    let lost = reason.contains("Broker transport failure");
     let keys = match code? {
+        _ if lost => return None,
         RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
             "sasl.mechanisms, sasl.username, sasl.password"
         }
@@ -103,6 +120,10 @@ mod tests {
                 "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused",
             ),
             (RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down"),
+            (
+                RDKafkaErrorCode::Authentication,
+                "GroupCoordinator: SASL authentication error: SaslAuthenticateRequest failed: Local: Broker transport failure (after 0ms in state DOWN)",
+            ),
         ] {
             assert_eq!(connection_refusal(Some(code), reason), None);
         }

@@ -192,9 +192,13 @@ impl Ingress {
             match self.consumer.recv().await {
                 Ok(message) => return message.detach(),
                 Err(e) => {
-                    let refused = e
-                        .rdkafka_error_code()
-                        .and_then(|code| access::missing_grant(code, "READ", "a subscribed topic"));
+                    let refused = e.rdkafka_error_code().and_then(|code| {
+                        let resource = match code {
+                            RDKafkaErrorCode::GroupAuthorizationFailed => "its consumer group",
+                            _ => "a subscribed topic",
+                        };
+                        access::missing_grant(code, "READ", resource)
+                    });
                     let error = refused.unwrap_or_else(|| e.to_string());
                     client_log::warn(&format!("Kafka consumer error; still trying: {error}"));
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
@@ -283,7 +287,13 @@ fn adopt_blocking(
     let committed = group
         .committed_offsets(partitions, OFFSETS_TIMEOUT)
         .map_err(|e| {
-            let refused = e.rdkafka_error_code().and_then(|code| {
+            // A refused group comes as an error event, handed over by a poll.
+            let _ = group.poll(Duration::ZERO);
+            let code = match e.rdkafka_error_code() {
+                _ if access::group_refused() => Some(RDKafkaErrorCode::GroupAuthorizationFailed),
+                code => code,
+            };
+            let refused = code.and_then(|code| {
                 access::missing_grant(code, "READ", &format!("consumer group {group_id}"))
             });
             match refused {

@@ -35,6 +35,9 @@ impl SecuredStack {
             own: OwnStack::new("secured"),
             kafka_port: free_port(),
         };
+        // Kafka's controller and mTLS listeners take the next two ports, which `free_port`
+        // would hand out next: skip them.
+        let _controller_and_mtls = [free_port(), free_port()];
         let mut up = stack.own.command(&["up"]);
         up.env("STACK_SECURE", "on")
             .env("STACK_KAFKA_PORT", stack.kafka_port.to_string())
