@@ -332,8 +332,58 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
         service_env["REDIS_TLS_CA_FILE"].replace("/ca.pem", "/other-ca.pem"),
     );
     refused_start_up(&untrusted_redis, "REDIS_TLS_CA_FILE", &secrets).await;
+    // The operator's role may not write: the start-up's first write names the permission.
+    let mut read_only = service_env.clone();
+    for key in ["CASSANDRA_USERNAME", "CASSANDRA_PASSWORD"] {
+        read_only.insert(key.into(), operator[key].clone());
+    }
+    let line = refused_start_up(&read_only, "cannot set up Cassandra", &secrets).await;
+    assert!(
+        line.contains("User hawkeye_operator has no MODIFY permission on <table device_db."),
+        "{line}"
+    );
     let mut wrong_role = service_env.clone();
     wrong_role.insert("CASSANDRA_PASSWORD".into(), "not-the-password".into());
     refused_start_up(&wrong_role, "CASSANDRA_PASSWORD", &secrets).await;
+
+    // The service over the mTLS listener, its certificate's key encrypted (ssl.key.password):
+    // it starts, and the passphrase shows nowhere; nor does any secret in `--help`.
+    let pki = &stack.env("")["STACK_PKI"];
+    let passphrase = std::fs::read_to_string(format!("{pki}/secrets.env"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("HAWKEYE_CACHE_KEY_PASSPHRASE="))
+        .map(|value| value.trim_matches('\'').to_string())
+        .unwrap();
+    let mut mutual = service_env.clone();
+    mutual.insert(
+        "KAFKA_BROKERS".into(),
+        stack.env("")["KAFKA_MTLS_BROKERS"].clone(),
+    );
+    mutual.insert(
+        "KAFKA_CONFIG".into(),
+        format!(
+            "security.protocol=SSL,ssl.ca.location={pki}/ca.pem,ssl.certificate.location={pki}/hawkeye-cache.pem,ssl.key.location={pki}/hawkeye-cache.enc.key,ssl.key.password={passphrase}"
+        ),
+    );
+    let mut service = ServiceProcess::start(binary(), mutual.clone()).unwrap();
+    service.wait_ready(Duration::from_secs(120)).await.unwrap();
+    assert!(service.terminate().await.unwrap().success());
+    assert_no_secret(
+        "the mTLS service's log",
+        &service.log.join("\n"),
+        &[passphrase.clone()],
+    );
+    let (_, help, _) = run_command(&["run", "--help"], &mutual, Duration::from_secs(30)).await;
+    assert!(help.contains("REDIS_TLS_CA_FILE"), "{help}");
+    assert_no_secret(
+        "--help",
+        &help,
+        &[
+            secrets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            vec![passphrase],
+        ]
+        .concat(),
+    );
     drop(stack);
 }
