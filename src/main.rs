@@ -10,6 +10,8 @@ use hawkeye_customer_cache::config::{
     ConfigError, KafkaSettings, Rule, ServiceSettings, StoreSettings,
 };
 use hawkeye_customer_cache::service;
+use hawkeye_customer_cache::stores::redis::tls_refusal;
+use hawkeye_customer_cache::stores::StoreError;
 use hawkeye_customer_cache::tools::replay_dlq::{self, ReplayOptions};
 use hawkeye_customer_cache::tools::{publish, rebuild, verify};
 use hawkeye_customer_cache::{observe, shutdown};
@@ -191,7 +193,7 @@ fn replay_dead_letters(runtime: &tokio::runtime::Runtime, args: &ReplayDlqArgs) 
 fn rebuild_redis(runtime: &tokio::runtime::Runtime, settings: &StoreSettings) -> ExitCode {
     let rebuilt = match runtime.block_on(rebuild::rebuild_redis(settings)) {
         Ok(rebuilt) => rebuilt,
-        Err(e) => return fail(&format!("rebuild-redis: {e}")),
+        Err(e) => return store_failure("rebuild-redis", &e),
     };
     println!(
         "rebuilt {} devices in {:.1} s",
@@ -215,7 +217,7 @@ fn verify_profiles(
 ) -> ExitCode {
     let verified = match runtime.block_on(verify::verify(settings, repair)) {
         Ok(verified) => verified,
-        Err(e) => return fail(&format!("verify: {e}")),
+        Err(e) => return store_failure("verify", &e),
     };
     println!(
         "{} of {} devices differ",
@@ -253,6 +255,14 @@ fn verify_profiles(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A tool's store error in one line; a TLS handshake Redis refused names the setting to check.
+fn store_failure(tool: &str, error: &StoreError) -> ExitCode {
+    match tls_refusal(error) {
+        Some(what) => fail(&format!("{tool}: {what}: {error}")),
+        None => fail(&format!("{tool}: {error}")),
     }
 }
 

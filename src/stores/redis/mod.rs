@@ -69,11 +69,16 @@ impl RedisStore {
 /// file when the handshake was refused over a certificate ([`TlsRefusal`]), else `REDIS_URL`.
 /// Never the URL itself (it may hold the password).
 pub fn connect_failure(error: &StoreError) -> &'static str {
+    tls_refusal(error).unwrap_or("cannot reach Redis (REDIS_URL)")
+}
+
+/// What to check when `error` is a TLS handshake Redis refused over a certificate, naming the
+/// setting; `None` for any other error.
+pub fn tls_refusal(error: &StoreError) -> Option<&'static str> {
     match error {
         StoreError::Redis(error) => TlsRefusal::of(error).map(TlsRefusal::describe),
         StoreError::Cassandra(_) => None,
     }
-    .unwrap_or("cannot reach Redis (REDIS_URL)")
 }
 
 /// Key of the versions hash that goes with the device hash `device_key`, in its slot, so that
