@@ -3,9 +3,12 @@
 //! and ACL users, Cassandra over TLS with roles), with exactly the rights of `deploy/security/`.
 //! The service runs as `hawkeye-cache`: the push, a refresh and cache requests work; the
 //! operator tools run as `hawkeye-operator`: `get`, `refresh`, `profile publish`,
-//! `rebuild-redis`, `verify` and `replay-dlq` work. Each refusal stops start-up with one line
+//! `rebuild-redis`, `verify` and `replay-dlq` work, on one Redis server and on a Redis Cluster
+//! with the same ACL users. Each refusal stops start-up with one line
 //! naming the setting or the grant (a wrong SASL password, an untrusted Kafka or Redis server,
-//! a refused client certificate, a consumer group not granted, a wrong Cassandra password); a
+//! a refused client certificate, a consumer group not granted, a Cassandra role that may not
+//! write, a wrong Cassandra password); the service runs over the mTLS listener with an
+//! encrypted key; a
 //! reply topic the service may not write to is counted and logged, and the next request is
 //! answered. No password of the stack appears in any output.
 
@@ -38,8 +41,13 @@ impl SecuredStack {
         // Kafka's controller and mTLS listeners take the next two ports, which `free_port`
         // would hand out next: skip them.
         let _controller_and_mtls = [free_port(), free_port()];
+        // The same for the Redis Cluster's second and third nodes.
+        let cluster_port = free_port();
+        let _cluster_nodes = [free_port(), free_port()];
         let mut up = stack.own.command(&["up"]);
         up.env("STACK_SECURE", "on")
+            .env("STACK_REDIS_CLUSTER", "on")
+            .env("STACK_REDIS_CLUSTER_PORT", cluster_port.to_string())
             .env("STACK_KAFKA_PORT", stack.kafka_port.to_string())
             .env("STACK_CASSANDRA_PORT", free_port().to_string())
             .env("STACK_CASSANDRA_STORAGE_PORT", free_port().to_string())
@@ -112,10 +120,11 @@ async fn tool(env: &HashMap<String, String>, args: &[&str]) -> (i32, String, Str
     run_command(args, env, Duration::from_secs(120)).await
 }
 
-fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
+fn assert_no_secret(what: &str, text: &str, secrets: &[impl AsRef<str>]) {
     for secret in secrets {
+        let secret = secret.as_ref();
         assert!(
-            !text.contains(secret.as_str()),
+            !text.contains(secret),
             "{what} shows a password of the stack:\n{text}"
         );
     }
@@ -369,21 +378,52 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
     let mut service = ServiceProcess::start(binary(), mutual.clone()).unwrap();
     service.wait_ready(Duration::from_secs(120)).await.unwrap();
     assert!(service.terminate().await.unwrap().success());
-    assert_no_secret(
-        "the mTLS service's log",
-        &service.log.join("\n"),
-        &[passphrase.clone()],
+    assert!(
+        secrets.contains(&passphrase.as_str()),
+        "the passphrase is one of the secrets"
     );
+    assert_no_secret("the mTLS service's log", &service.log.join("\n"), &secrets);
     let (_, help, _) = run_command(&["run", "--help"], &mutual, Duration::from_secs(30)).await;
     assert!(help.contains("REDIS_TLS_CA_FILE"), "{help}");
-    assert_no_secret(
-        "--help",
-        &help,
-        &[
-            secrets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            vec![passphrase],
-        ]
-        .concat(),
+    assert_no_secret("--help", &help, &secrets);
+
+    // A Redis Cluster with the same ACL users: the service starts on it (its refresh publishes
+    // the cache there), the operator rebuilds Redis from Cassandra and publishes an event, and
+    // verify finds both stores agreeing.
+    let on_cluster = |env: &HashMap<String, String>| {
+        let mut env = env.clone();
+        env.insert("REDIS_URL".into(), env["REDIS_CLUSTER_URL"].clone());
+        env
+    };
+    let (service_env, operator) = (on_cluster(&service_env), on_cluster(&operator));
+    let mut service = ServiceProcess::start(binary(), service_env).unwrap();
+    service.wait_ready(Duration::from_secs(120)).await.unwrap();
+    let (code, rebuilt, stderr) = tool(&operator, &["profile", "rebuild-redis"]).await;
+    assert_eq!(code, 0, "rebuild-redis on the cluster: {stderr}");
+    assert!(!rebuilt.starts_with("rebuilt 0 "), "{rebuilt}");
+    std::fs::write(
+        &events,
+        format!("{{\"device_id\":\"{device}-cluster\",\"city\":\"Sharded\"}}\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = tool(&operator, &["profile", "publish", &events_path]).await;
+    assert_eq!(code, 0, "profile publish: {stderr}");
+    let checked = eventually(
+        Duration::from_secs(60),
+        "the cluster agreeing with Cassandra",
+        || async {
+            let (code, out, _) = tool(&operator, &["profile", "verify"]).await;
+            (code == 0).then_some(out)
+        },
+    )
+    .await;
+    assert!(checked.starts_with("0 of "), "{checked}");
+    let cached = run_get(&operator, &["--timeout", "20"]).await;
+    assert_eq!(
+        cached.reply["status"], 200,
+        "the cache from the cluster: {cached:?}"
     );
+    assert!(service.terminate().await.unwrap().success());
+    assert_no_secret("the service's log", &service.log.join("\n"), &secrets);
     drop(stack);
 }
