@@ -1,16 +1,17 @@
 //! Security (issue 30): least privilege on a secured stack of the test's own
 //! (`STACK_SECURE=on`: Kafka over SASL_SSL with ACLs, Redis over TLS with client certificates
 //! and ACL users, Cassandra over TLS with roles), with exactly the rights of `deploy/security/`.
-//! The service runs as `hawkeye-cache`: the push, a refresh and cache requests work; the
-//! operator tools run as `hawkeye-operator`: `get`, `refresh`, `profile publish`,
-//! `rebuild-redis`, `verify` and `replay-dlq` work, on one Redis server and on a Redis Cluster
-//! with the same ACL users. Each refusal stops start-up with one line
-//! naming the setting or the grant (a wrong SASL password, an untrusted Kafka or Redis server,
-//! a refused client certificate, a consumer group not granted, a Cassandra role that may not
-//! write, a wrong Cassandra password); the service runs over the mTLS listener with an
-//! encrypted key; a
-//! reply topic the service may not write to is counted and logged, and the next request is
-//! answered. No password of the stack appears in any output.
+//!
+//! * The service runs as `hawkeye-cache`: the push, a refresh and cache requests work; the
+//!   operator tools run as `hawkeye-operator`: `get`, `refresh`, `profile publish`,
+//!   `rebuild-redis`, `verify` and `replay-dlq` work; on one Redis server and on a Redis Cluster
+//!   with the same ACL users; and over the mTLS listener with an encrypted key.
+//! * Each refusal stops start-up with one line naming the setting or the grant: a wrong SASL
+//!   password, an untrusted Kafka or Redis server, a refused client certificate, a consumer
+//!   group not granted, a Cassandra role that may not write, a wrong Cassandra password.
+//! * A reply topic the service may not write to is counted and logged with the grant, and the
+//!   next request is answered.
+//! * No password or key passphrase of the stack appears in any log, error, endpoint or `--help`.
 
 use std::collections::HashMap;
 use std::time::Duration;
