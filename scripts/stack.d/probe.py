@@ -106,25 +106,8 @@ def kafka_request(sock, api_key, api_version, corr, body):
     return resp
 
 
-def kafka_connect(addr):
-    host, port = parse_addr(addr)
-    sock = socket.create_connection((host, port), timeout=TIMEOUT)
-    ca_file = os.environ.get("KAFKA_TLS_CA_FILE")
-    if not ca_file:
-        return sock
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-        if os.environ.get("KAFKA_TLS_CERT_FILE"):
-            context.load_cert_chain(os.environ["KAFKA_TLS_CERT_FILE"],
-                                    os.environ.get("KAFKA_TLS_KEY_FILE"))
-        return context.wrap_socket(sock, server_hostname=host)
-    except (OSError, ssl.SSLError):
-        sock.close()
-        raise
-
-
 def probe_kafka(addr):
-    with kafka_connect(addr) as sock:
+    with open_socket(addr, "KAFKA") as sock:
         sock.settimeout(TIMEOUT)
         # ApiVersions v0 (every broker version answers it)
         r = kafka_request(sock, 18, 0, 1, b"")
@@ -256,21 +239,27 @@ def authenticate(sock):
     return op
 
 
-def connect(addr):
+def open_socket(addr, prefix):
+    """A connection to addr: TLS when PREFIX_TLS_CA_FILE is set (the server checked against
+    it), with the client certificate of PREFIX_TLS_CERT_FILE / PREFIX_TLS_KEY_FILE if set."""
     host, port = parse_addr(addr)
     sock = socket.create_connection((host, port), timeout=TIMEOUT)
-    ca_file = os.environ.get("CQL_TLS_CA_FILE")
+    ca_file = os.environ.get(prefix + "_TLS_CA_FILE")
     if not ca_file:
         return sock
     try:
-        return ssl.create_default_context(cafile=ca_file).wrap_socket(sock, server_hostname=host)
+        context = ssl.create_default_context(cafile=ca_file)
+        cert_file = os.environ.get(prefix + "_TLS_CERT_FILE")
+        if cert_file:
+            context.load_cert_chain(cert_file, os.environ.get(prefix + "_TLS_KEY_FILE"))
+        return context.wrap_socket(sock, server_hostname=host)
     except (OSError, ssl.SSLError):
         sock.close()
         raise
 
 
 def cql_run(addr, statements):
-    with connect(addr) as sock:
+    with open_socket(addr, "CQL") as sock:
         sock.settimeout(max(TIMEOUT, 30.0))
         op, _ = cql_frame(sock, 1, OP_STARTUP, struct.pack(">H", 1) + cql_string("CQL_VERSION")
                           + cql_string("3.0.0"))
