@@ -87,13 +87,17 @@ fn setting_name(arg: &Arg) -> String {
 /// default is written twice. The unit tests check the defaults through it: they run beside a
 /// stack whose settings are exported (`scripts/test`).
 fn defaults<T: Args + FromArgMatches>() -> T {
-    let command = T::augment_args(Command::new("defaults")).mut_args(|arg| arg.env(None));
-    let parsed = command
-        .try_get_matches_from(["defaults"])
-        .and_then(|matches| T::from_arg_matches(&matches));
     // ok: the defaults are constants of this crate, each parsed by the unit tests: a default
     // its own rule rejects is a bug, not an input to report.
-    parsed.unwrap_or_else(|e| panic!("the default settings do not parse: {e}"))
+    without_env(&[]).unwrap_or_else(|e| panic!("the default settings do not parse: {e}"))
+}
+
+/// A group of settings parsed from `args` alone, the environment unread.
+fn without_env<T: Args + FromArgMatches>(args: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(Command::new("settings")).mut_args(|arg| arg.env(None));
+    command
+        .try_get_matches_from(std::iter::once("settings").chain(args.iter().copied()))
+        .and_then(|matches| T::from_arg_matches(&matches))
 }
 
 /// A value that must never reach logs, errors or metrics: `Debug` and `Display` hide it.

@@ -10,6 +10,8 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use scylla::statement::Consistency;
 
+#[cfg(test)]
+use super::without_env;
 use super::{defaults, invalid, non_empty, positive, ConfigError, Rule, Secret};
 
 const DEFAULT_REPLICATION: &str = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
@@ -416,22 +418,9 @@ impl CassandraTls {
                 "CASSANDRA_TLS_CA_FILE",
                 "is set while CASSANDRA_TLS is false",
             )),
-            (true, Some(ca_file)) => check_pem(ca_file),
+            (true, Some(ca_file)) => pem_certificates("CASSANDRA_TLS_CA_FILE", ca_file).map(drop),
             (_, None) => Ok(()),
         }
-    }
-}
-
-fn check_pem(ca_file: &Path) -> Result<(), ConfigError> {
-    let shown = ca_file.display();
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| invalid("CASSANDRA_TLS_CA_FILE", format!("cannot read {shown}: {e}")))?;
-    match openssl::x509::X509::stack_from_pem(&pem) {
-        Ok(certificates) if !certificates.is_empty() => Ok(()),
-        _ => Err(invalid(
-            "CASSANDRA_TLS_CA_FILE",
-            format!("{shown} holds no PEM certificate"),
-        )),
     }
 }
 
@@ -743,11 +732,7 @@ mod tests {
 
     /// The Redis TLS group of the arguments, the environment unread.
     fn redis_tls(args: &[&str]) -> RedisTls {
-        let command = RedisTls::augment_args(clap::Command::new("t")).mut_args(|arg| arg.env(None));
-        let matches = command
-            .try_get_matches_from(std::iter::once("t").chain(args.iter().copied()))
-            .unwrap();
-        <RedisTls as clap::FromArgMatches>::from_arg_matches(&matches).unwrap()
+        without_env(args).unwrap()
     }
 
     const TLS_URL: &str = "rediss://:hunter2@redis.example:6380/0";
