@@ -67,14 +67,13 @@ impl SecuredStack {
             .collect()
     }
 
-    /// The stack's passwords and key passphrases (`pki/secrets.env`).
-    fn secrets(&self) -> Vec<String> {
-        let pki = &self.env("admin")["STACK_PKI"];
+    /// The stack's passwords and key passphrases by name (`pki/secrets.env`).
+    fn secrets(&self, pki: &str) -> HashMap<String, String> {
         let secrets = std::fs::read_to_string(format!("{pki}/secrets.env")).unwrap();
         secrets
             .lines()
-            .filter_map(|line| Some(line.split_once('=')?.1.trim_matches('\'').to_string()))
-            .filter(|secret| secret.len() >= 8)
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.trim_matches('\'').to_string()))
             .collect()
     }
 
@@ -135,12 +134,18 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[impl AsRef<str>]) {
 #[ignore = "fault suite: run serially by scripts/test (cargo test --test faults -- --ignored)"]
 async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_one_line() {
     let stack = SecuredStack::start();
-    let secrets = stack.secrets();
-    assert!(
-        secrets.len() >= 3,
-        "the stack's passwords: {}",
-        secrets.len()
-    );
+    let service_principal = stack.env("");
+    let pki = &service_principal["STACK_PKI"];
+    let stack_secrets = stack.secrets(pki);
+    for name in [
+        "ADMIN_PASSWORD",
+        "HAWKEYE_CACHE_PASSWORD",
+        "HAWKEYE_OPERATOR_PASSWORD",
+        "HAWKEYE_CACHE_KEY_PASSPHRASE",
+    ] {
+        assert!(stack_secrets.contains_key(name), "{name} in secrets.env");
+    }
+    let secrets: Vec<&str> = stack_secrets.values().map(String::as_str).collect();
     let sim = start_sim(SimConfig {
         devices: 40,
         ..SimConfig::default()
@@ -148,7 +153,7 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
     .await;
     let mut base = refresh_env(&sim);
     base.insert("RUST_LOG".into(), "debug".into());
-    let service_env = as_principal(&base, &stack.env(""));
+    let service_env = as_principal(&base, &service_principal);
     let operator = as_principal(&base, &stack.env("operator"));
     assert!(service_env["KAFKA_CONFIG"].contains("sasl.username=hawkeye-cache"));
     let mut outputs = String::new();
@@ -292,7 +297,6 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
     assert_no_secret("the tools' output", &outputs, &secrets);
 
     // Refusals at start-up, each one line naming the setting or the grant.
-    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let config = &service_env["KAFKA_CONFIG"];
     let mut wrong = service_env.clone();
     wrong.insert(
@@ -314,7 +318,7 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
     let mut no_certificate = service_env.clone();
     no_certificate.insert(
         "KAFKA_BROKERS".into(),
-        stack.env("")["KAFKA_MTLS_BROKERS"].clone(),
+        service_principal["KAFKA_MTLS_BROKERS"].clone(),
     );
     no_certificate.insert(
         "KAFKA_CONFIG".into(),
@@ -358,17 +362,11 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
 
     // The service over the mTLS listener, its certificate's key encrypted (ssl.key.password):
     // it starts, and the passphrase shows nowhere; nor does any secret in `--help`.
-    let pki = &stack.env("")["STACK_PKI"];
-    let passphrase = std::fs::read_to_string(format!("{pki}/secrets.env"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("HAWKEYE_CACHE_KEY_PASSPHRASE="))
-        .map(|value| value.trim_matches('\'').to_string())
-        .unwrap();
+    let passphrase = &stack_secrets["HAWKEYE_CACHE_KEY_PASSPHRASE"];
     let mut mutual = service_env.clone();
     mutual.insert(
         "KAFKA_BROKERS".into(),
-        stack.env("")["KAFKA_MTLS_BROKERS"].clone(),
+        service_principal["KAFKA_MTLS_BROKERS"].clone(),
     );
     mutual.insert(
         "KAFKA_CONFIG".into(),
@@ -379,10 +377,6 @@ async fn every_job_and_tool_runs_with_the_documented_rights_and_each_refusal_is_
     let mut service = ServiceProcess::start(binary(), mutual.clone()).unwrap();
     service.wait_ready(Duration::from_secs(120)).await.unwrap();
     assert!(service.terminate().await.unwrap().success());
-    assert!(
-        secrets.contains(&passphrase.as_str()),
-        "the passphrase is one of the secrets"
-    );
     assert_no_secret("the mTLS service's log", &service.log.join("\n"), &secrets);
     let (_, help, _) = run_command(&["run", "--help"], &mutual, Duration::from_secs(30)).await;
     assert!(help.contains("REDIS_TLS_CA_FILE"), "{help}");
