@@ -1,6 +1,6 @@
-//! Security: TLS to Redis with a private CA and client certificates. The test makes its own CA,
-//! a server certificate for 127.0.0.1 and a client certificate (`openssl`), and starts its own
-//! redis-server with `tls-auth-clients yes` (TLS only, a password too): the service with
+//! Security: TLS to Redis with a private CA and client certificates. The test takes the CA, a
+//! server certificate for 127.0.0.1 and a client certificate of `scripts/stack pki`, and starts
+//! its own redis-server with `tls-auth-clients yes` (TLS only, a password too): the service with
 //! `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` pushes profiles into it;
 //! without the CA file (the system's roots do not know the CA) or without the client
 //! certificate, start-up fails with one line naming the setting, the password never shown.
@@ -19,63 +19,30 @@ use hawkeye_devtools::testkit::service::isolated_env;
 use redis::AsyncCommands;
 
 use crate::harness::{refused_start_up, start_and_push_one};
+use crate::own_stack::OwnStack;
 
 const PASSWORD: &str = "Tls-Redis-Pa55-Never-Shown";
 
-/// A private CA, a server certificate for 127.0.0.1 and a client certificate it signed, in a
-/// directory removed on drop.
+/// The PKI of a secured stack (`scripts/stack pki`: a private CA, a server certificate for
+/// 127.0.0.1 that cluster nodes also present to each other on the bus, and the service's client
+/// certificate), in a stack directory of the test's own, removed on drop.
 struct Certificates {
-    dir: tempfile::TempDir,
+    _stack: OwnStack,
+    dir: PathBuf,
 }
 
 impl Certificates {
     fn make() -> Self {
-        let certificates = Certificates {
-            dir: tempfile::tempdir().expect("temporary directory"),
-        };
-        // Client use too: cluster nodes present it to each other on the bus (`tls-cluster`).
-        std::fs::write(
-            certificates.path("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .unwrap();
-        std::fs::write(
-            certificates.path("client.ext"),
-            "extendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-        certificates.openssl(&format!(
-            "req -x509 {new_key} -keyout ca.key -out ca.pem -days 2 -subj /CN=hawkeye-test-ca"
-        ));
-        for (name, subject) in [("server", "/CN=redis"), ("client", "/CN=hawkeye")] {
-            certificates.openssl(&format!(
-                "req {new_key} -keyout {name}.key -out {name}.csr -subj {subject}"
-            ));
-            certificates.openssl(&format!(
-                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-                 -out {name}.pem -extfile {name}.ext"
-            ));
+        let stack = OwnStack::new("redis-tls");
+        let printed = stack.run(stack.command(&["pki"]), "pki");
+        Certificates {
+            dir: PathBuf::from(printed.trim()),
+            _stack: stack,
         }
-        certificates
-    }
-
-    /// `openssl ARGS` (separated by spaces) in the directory.
-    fn openssl(&self, args: &str) {
-        let output = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(self.dir.path())
-            .output()
-            .expect("cannot run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     fn shown(&self, name: &str) -> String {
@@ -86,16 +53,19 @@ impl Certificates {
     fn service_env(&self) -> [(String, String); 3] {
         [
             ("REDIS_TLS_CA_FILE".into(), self.shown("ca.pem")),
-            ("REDIS_TLS_CERT_FILE".into(), self.shown("client.pem")),
-            ("REDIS_TLS_KEY_FILE".into(), self.shown("client.key")),
+            (
+                "REDIS_TLS_CERT_FILE".into(),
+                self.shown("hawkeye-cache.pem"),
+            ),
+            ("REDIS_TLS_KEY_FILE".into(), self.shown("hawkeye-cache.key")),
         ]
     }
 
     fn settings(&self) -> RedisTls {
         RedisTls {
             ca_file: Some(self.path("ca.pem")),
-            cert_file: Some(self.path("client.pem")),
-            key_file: Some(self.path("client.key")),
+            cert_file: Some(self.path("hawkeye-cache.pem")),
+            key_file: Some(self.path("hawkeye-cache.key")),
         }
     }
 
@@ -132,8 +102,8 @@ impl Certificates {
                 "--cacert",
                 &self.shown("ca.pem"),
             ])
-            .args(["--cert", &self.shown("client.pem")])
-            .args(["--key", &self.shown("client.key")])
+            .args(["--cert", &self.shown("hawkeye-cache.pem")])
+            .args(["--key", &self.shown("hawkeye-cache.key")])
             .args(args)
             .output()
             .expect("cannot run redis-cli");
@@ -201,7 +171,7 @@ async fn profiles_reach_a_redis_over_tls_with_a_private_ca_and_a_client_certific
     let mut args = certificates.server_args(port);
     args.extend(["--requirepass".into(), PASSWORD.into()]);
     let mut servers = Servers(Vec::new());
-    servers.start(&args, certificates.dir.path());
+    servers.start(&args, &certificates.dir);
     let url = format!("rediss://:{PASSWORD}@127.0.0.1:{port}/0");
     drop(connected(&url, &certificates.settings()).await);
 
