@@ -70,32 +70,36 @@ impl Adoption {
     }
 
     /// Reads the rows of devices not met lately ([`Self::unmet`]), and their lives from the
-    /// writer that places their cells.
+    /// writer that places their cells: both in multi-partition reads of devices of the same
+    /// replicas ([`ProfileWriter::read_groups`]).
     pub async fn meet(
         &self,
         unmet: BTreeSet<&str>,
         writer: &ProfileWriter,
     ) -> Result<FirstMeetings, StoreError> {
-        let lives = writer.lives(unmet.iter().copied()).await?;
-        let reads: Vec<_> = unmet
+        let reads: Vec<_> = writer
+            .read_groups(unmet.iter().copied())
             .into_iter()
-            .map(|device_id| async move { (device_id, self.scan.read(device_id).await) })
+            .map(|group| async move { self.scan.read(&group).await })
             .collect();
-        let rows: Vec<_> = futures::stream::iter(reads)
+        let rows = futures::stream::iter(reads)
             .buffer_unordered(self.reads_in_flight)
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        let (lives, groups) = futures::join!(writer.lives(unmet.iter().copied()), rows);
+        let lives = lives?;
         let mut meetings = FirstMeetings::default();
-        for (device_id, row) in rows {
-            if let (Some(profile), Some(life)) = (row?, lives.get(device_id)) {
-                let folds = foreign_value_cells(&profile, life);
-                if !folds.is_empty() {
-                    meetings.folds.insert(device_id.to_string(), folds);
+        for group in groups {
+            for profile in group? {
+                if let Some(life) = lives.get(profile.device_id.as_str()) {
+                    let folds = foreign_value_cells(&profile, life);
+                    if !folds.is_empty() {
+                        meetings.folds.insert(profile.device_id.clone(), folds);
+                    }
+                    meetings.priors.extend(priors(&profile));
                 }
-                meetings.priors.extend(priors(&profile));
             }
-            meetings.devices.push(device_id.to_string());
         }
+        meetings.devices = unmet.into_iter().map(str::to_string).collect();
         Ok(meetings)
     }
 

@@ -194,7 +194,8 @@ impl Stores {
         let hashes = self.hashes(&ids).await?;
         let mut both = Vec::with_capacity(ids.len());
         for (device_id, hashes) in ids.into_iter().zip(hashes) {
-            both.push((device_id, self.scan.read(device_id).await?, hashes));
+            let row = self.scan.read(&[device_id]).await?.pop();
+            both.push((device_id, row, hashes));
         }
         Ok(both)
     }

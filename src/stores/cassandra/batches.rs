@@ -1,7 +1,8 @@
 //! Groups the device writes of one upsert into multi-partition unlogged batches, each sent to
 //! replicas of all of its partitions: one request carries several devices, which costs the
 //! driver and the coordinator far less than one request each, while every mutation still lands
-//! on a node that owns it (docs/architecture.md, "Device profile push").
+//! on a node that owns it (docs/architecture.md, "Device profile push"). The first reads of
+//! devices are grouped the same way, into multi-partition `IN` reads.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +15,16 @@ pub const DEVICES_PER_BATCH: usize = 8;
 /// `batch_size_fail_threshold` (50 KiB), which refuses the batch.
 pub const BATCH_BYTES: usize = 4096;
 
-/// Splits `writes` into batches of writes with the same `replicas`, at most
-/// [`DEVICES_PER_BATCH`] writes and [`BATCH_BYTES`] `bytes` each; a write larger than that is a
-/// batch of its own. Writes keep their order within a batch.
+/// Partition keys per multi-partition read (`WHERE device_id IN ?`): one request instead of
+/// one per device, below ScyllaDB's default `max_partition_key_restrictions_per_query` (100).
+pub const DEVICES_PER_READ: usize = 32;
+
+/// Splits `writes` into batches of writes with the same `replicas`, at most `per_batch` writes
+/// and [`BATCH_BYTES`] `bytes` each; a write larger than that is a batch of its own. Writes
+/// keep their order within a batch.
 pub fn replica_batches<W, R: Ord>(
     writes: impl IntoIterator<Item = W>,
+    per_batch: usize,
     replicas: impl Fn(&W) -> R,
     bytes: impl Fn(&W) -> usize,
 ) -> Vec<Vec<W>> {
@@ -27,9 +33,7 @@ pub fn replica_batches<W, R: Ord>(
     for write in writes {
         let size = bytes(&write);
         let (batch, batch_bytes) = open.entry(replicas(&write)).or_default();
-        if !batch.is_empty()
-            && (batch.len() == DEVICES_PER_BATCH || *batch_bytes + size > BATCH_BYTES)
-        {
+        if !batch.is_empty() && (batch.len() >= per_batch || *batch_bytes + size > BATCH_BYTES) {
             full.push(std::mem::take(batch));
             *batch_bytes = 0;
         }
@@ -46,10 +50,11 @@ mod tests {
 
     /// (replica set, bytes, name) of each write.
     fn batched(writes: &[(u8, usize, &'static str)]) -> Vec<Vec<&'static str>> {
-        let mut batches: Vec<Vec<&str>> = replica_batches(writes.iter().copied(), |w| w.0, |w| w.1)
-            .into_iter()
-            .map(|batch| batch.into_iter().map(|w| w.2).collect())
-            .collect();
+        let mut batches: Vec<Vec<&str>> =
+            replica_batches(writes.iter().copied(), DEVICES_PER_BATCH, |w| w.0, |w| w.1)
+                .into_iter()
+                .map(|batch| batch.into_iter().map(|w| w.2).collect())
+                .collect();
         batches.sort();
         batches
     }
@@ -64,7 +69,7 @@ mod tests {
     fn a_batch_holds_at_most_the_devices_cassandra_takes_without_a_warning() {
         let names = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"];
         let writes: Vec<_> = names.iter().map(|name| (1, 10, *name)).collect();
-        let batches = replica_batches(writes, |w| w.0, |w| w.1);
+        let batches = replica_batches(writes, DEVICES_PER_BATCH, |w| w.0, |w| w.1);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [DEVICES_PER_BATCH, names.len() - DEVICES_PER_BATCH]);
         let order: Vec<&str> = batches.into_iter().flatten().map(|w| w.2).collect();

@@ -1,5 +1,5 @@
 //! Reading `device_profile` back with each cell's write time: a full scan split into token
-//! ranges read in parallel, and single rows. The write times give back what the cell
+//! ranges read in parallel, and chosen rows. The write times give back what the cell
 //! timestamps encode (docs/architecture.md, "Device profile push"): the version of the fields
 //! the newest version wins (`version * 1000`); the value-ordered columns are read by value.
 //!
@@ -38,7 +38,8 @@ pub const PAGE_SIZE: i32 = 500;
 pub struct ProfileScan {
     store: CassandraStore,
     by_token_range: PreparedStatement,
-    by_device: PreparedStatement,
+    /// `… WHERE device_id IN ?`.
+    by_devices: PreparedStatement,
     deletes: PreparedStatement,
 }
 
@@ -57,8 +58,10 @@ impl ProfileScan {
         ))
         .await?;
         by_token_range.set_page_size(PAGE_SIZE);
-        let by_device =
-            prepare(format!("SELECT {columns} FROM {table} WHERE device_id = ?")).await?;
+        let by_devices = prepare(format!(
+            "SELECT {columns} FROM {table} WHERE device_id IN ?"
+        ))
+        .await?;
         let mut deletes = prepare(format!(
             "SELECT device_id, deleted_at FROM {}.{DELETES_TABLE}",
             store.keyspace()
@@ -68,7 +71,7 @@ impl ProfileScan {
         Ok(ProfileScan {
             store: store.clone(),
             by_token_range,
-            by_device,
+            by_devices,
             deletes,
         })
     }
@@ -157,15 +160,17 @@ impl ProfileScan {
         }
     }
 
-    /// One device's row, or `None` when it has none.
-    pub async fn read(&self, device_id: &str) -> Result<Option<StoredProfile>, StoreError> {
+    /// The rows of `device_ids` that exist, in one request: keep them few
+    /// ([`super::batches::DEVICES_PER_READ`]) and of the same replicas (a multi-partition read
+    /// is not routed by token).
+    pub async fn read(&self, device_ids: &[&str]) -> Result<Vec<StoredProfile>, StoreError> {
         let result = self
             .store
             .session()
-            .execute_unpaged(&self.by_device, (device_id,))
+            .execute_unpaged(&self.by_devices, (device_ids,))
             .await
             .map_err(|e| StoreError::cassandra("cannot read device_profile", e))?;
-        Ok(stored_profiles(result)?.pop())
+        stored_profiles(result)
     }
 }
 

@@ -17,7 +17,7 @@ use scylla::value::{CqlTimestamp, MaybeUnset};
 use uuid::Uuid;
 
 use super::acknowledged::{AcknowledgedCells, Cells};
-use super::batches::replica_batches;
+use super::batches::{replica_batches, DEVICES_PER_BATCH, DEVICES_PER_READ};
 use super::cells::{
     fold_write, own_timestamp_fields, profile_writes, row_bytes, statement_row, unheld_writes,
     versioned_fields, ColumnValue, ProfileWrite, StatementRow, OWN_TIMESTAMP_COLUMNS,
@@ -73,8 +73,8 @@ struct ProfileStatements {
     delete_value_columns: PreparedStatement,
     /// `INSERT INTO device_profile_deletes … USING TIMESTAMP ?`: the newest delete and life.
     record_delete: PreparedStatement,
-    /// `SELECT deleted_at, life_base FROM device_profile_deletes WHERE device_id = ?`.
-    read_life: PreparedStatement,
+    /// `SELECT device_id, deleted_at, life_base FROM device_profile_deletes WHERE device_id IN ?`.
+    read_lives: PreparedStatement,
 }
 
 impl ProfileWriter {
@@ -126,8 +126,8 @@ impl ProfileWriter {
                  USING TIMESTAMP ?"
             ))
             .await?,
-            read_life: prepare(format!(
-                "SELECT deleted_at, life_base FROM {deletes} WHERE device_id = ?"
+            read_lives: prepare(format!(
+                "SELECT device_id, deleted_at, life_base FROM {deletes} WHERE device_id IN ?"
             ))
             .await?,
         };
@@ -142,7 +142,8 @@ impl ProfileWriter {
         })
     }
 
-    /// The lives of `device_ids`: as remembered, else read (concurrently) and remembered.
+    /// The lives of `device_ids`: as remembered, else read (in multi-partition reads,
+    /// concurrently) and remembered.
     pub async fn lives<'a>(
         &self,
         device_ids: impl IntoIterator<Item = &'a str>,
@@ -158,44 +159,73 @@ impl ProfileWriter {
                 None => unknown.push(device_id),
             }
         }
-        let reads: Vec<_> = unknown
+        let reads: Vec<_> = self
+            .read_groups(unknown)
             .into_iter()
-            .map(|device_id| async move { (device_id, self.read_life(device_id).await) })
+            .map(|group| self.read_lives(group))
             .collect();
         let read: Vec<_> = futures::stream::iter(reads)
             .buffer_unordered(self.writes_in_flight)
             .collect()
             .await;
-        for (device_id, life) in read {
-            let life = life?;
-            self.lives.insert(device_id, life, began);
-            lives.insert(device_id, life);
+        for group in read {
+            for (device_id, life) in group? {
+                self.lives.insert(device_id, life, began);
+                lives.insert(device_id, life);
+            }
         }
         Ok(lives)
     }
 
-    async fn read_life(&self, device_id: &str) -> Result<Life, StoreError> {
+    /// `device_ids` grouped for multi-partition reads: devices of the same replicas, at most
+    /// [`DEVICES_PER_READ`] a group, so that a device's first read costs a fraction of a
+    /// request.
+    pub fn read_groups<'a>(
+        &self,
+        device_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Vec<&'a str>> {
+        let cluster = self.session.get_cluster_state();
+        replica_batches(
+            device_ids,
+            DEVICES_PER_READ,
+            |device_id| self.replicas(&cluster, device_id),
+            |_| 0,
+        )
+    }
+
+    /// The lives of one group of [`Self::read_groups`], in one request.
+    async fn read_lives<'a>(
+        &self,
+        group: Vec<&'a str>,
+    ) -> Result<Vec<(&'a str, Life)>, StoreError> {
         let failed =
             |e: CassandraCause| StoreError::cassandra("cannot read device_profile_deletes", e);
         let result = self
             .session
-            .execute_unpaged(&self.statements.read_life, (device_id,))
+            .execute_unpaged(&self.statements.read_lives, (&group,))
             .await
             .map_err(|e| failed(e.into()))?;
         let rows = result.into_rows_result().map_err(|e| failed(e.into()))?;
-        let row = rows
-            .rows::<(Option<CqlTimestamp>, Option<i64>)>()
+        let mut recorded = BTreeMap::new();
+        for row in rows
+            .rows::<(String, Option<CqlTimestamp>, Option<i64>)>()
             .map_err(|e| failed(e.into()))?
-            .next()
-            .transpose()
-            .map_err(|e| failed(e.into()))?;
-        Ok(match row {
-            Some((Some(deleted_at), Some(base))) => Life {
-                deleted_at: Some(deleted_at.0),
-                base,
-            },
-            _ => self.undeleted,
-        })
+        {
+            if let (device_id, Some(deleted_at), Some(base)) = row.map_err(|e| failed(e.into()))? {
+                let life = Life {
+                    deleted_at: Some(deleted_at.0),
+                    base,
+                };
+                recorded.insert(device_id, life);
+            }
+        }
+        Ok(group
+            .into_iter()
+            .map(|device_id| {
+                let life = recorded.get(device_id).copied();
+                (device_id, life.unwrap_or(self.undeleted))
+            })
+            .collect())
     }
 
     /// Writes every update: each device's statements, grouped with other devices of the same
@@ -231,6 +261,7 @@ impl ProfileWriter {
         let cluster = self.session.get_cluster_state();
         let batches = replica_batches(
             devices,
+            DEVICES_PER_BATCH,
             |device| self.replicas(&cluster, device.device_id),
             |device| device.bytes,
         );
