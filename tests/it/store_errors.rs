@@ -33,18 +33,20 @@ async fn a_device_key_holding_a_string_is_refused_for_good_and_left_alone() {
     let key = redis.device_key(&device);
     let mut connection = redis.connection();
     let () = connection.set(&key, "not a hash").await.unwrap();
-
-    let update = ProfileUpdate {
-        device_id: device,
+    // Devices before and after it in the same write (one script call holds several devices).
+    let (before, after) = (unique("before"), unique("after"));
+    let update = |device_id: &str| ProfileUpdate {
+        device_id: device_id.to_string(),
         version: 1_650_000_000_000,
         client_id: Some(9994),
         ..ProfileUpdate::default()
     };
+
     let outcomes = stores
-        .upsert(&[update])
+        .upsert(&[update(&before), update(&device), update(&after)])
         .await
         .expect("no transient failure");
-    let Err(error) = &outcomes[0] else {
+    let Err(error) = &outcomes[1] else {
         panic!("the update of a string key was accepted: {outcomes:?}");
     };
     let text = error.to_string();
@@ -53,6 +55,14 @@ async fn a_device_key_holding_a_string_is_refused_for_good_and_left_alone() {
     assert!(!error.is_transient(), "{text}");
     let kept: String = connection.get(&key).await.unwrap();
     assert_eq!(kept, "not a hash", "the foreign key is left as it was");
+    for (outcome, neighbour) in [(&outcomes[0], &before), (&outcomes[2], &after)] {
+        assert!(outcome.is_ok(), "{neighbour}: {outcome:?}");
+        let client_id: Option<String> = connection
+            .hget(redis.device_key(neighbour), "client_id")
+            .await
+            .unwrap();
+        assert_eq!(client_id.as_deref(), Some("9994"), "{neighbour} written");
+    }
     let () = connection.del(&key).await.unwrap();
 }
 

@@ -1,6 +1,9 @@
 //! Device profile writes into Redis: the upsert and delete scripts, one pipeline per batch.
 
+use std::collections::HashMap;
+
 use chrono::DateTime;
+use redis::cluster_routing::Slot;
 use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
 
 use super::RedisStore;
@@ -19,6 +22,11 @@ pub struct ProfileWriter {
 
 /// The orders both scripts use, loaded in front of each.
 const ORDER_LUA: &str = include_str!("profile_order.lua");
+
+/// Devices per call of the upsert script: the call's own cost (about a quarter of a device's,
+/// measured in BENCHMARKS.md) is shared, while a call stays short enough not to hold up the
+/// server's other clients (a few hundred microseconds).
+const DEVICES_PER_CALL: usize = 32;
 
 impl ProfileWriter {
     /// Loads the scripts on the server so that pipelines can call them by SHA.
@@ -53,11 +61,10 @@ impl ProfileWriter {
         }
         let mut answers = self.run_pipelines(updates).await?;
         // A restarted or flushed server forgot the scripts: load them again and repeat.
-        if answers.iter().any(|answer| {
-            answer
-                .as_ref()
-                .is_err_and(|e| e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
-        }) {
+        if answers
+            .iter()
+            .any(|answer| answer.as_ref().is_err_and(is_no_script))
+        {
             self.load_scripts().await?;
             answers = self.run_pipelines(updates).await?;
         }
@@ -97,7 +104,7 @@ impl ProfileWriter {
 
     /// One answer per update, in order: the deletes in a pipeline of their own first (on a
     /// cluster the calls of one pipeline run at once, and a device's delete must come before
-    /// its newer updates of the same batch), then the upserts.
+    /// its newer updates of the same batch), then the upserts, several devices per call.
     async fn run_pipelines(
         &self,
         updates: &[ProfileUpdate],
@@ -105,40 +112,134 @@ impl ProfileWriter {
         let (deletes, upserts): (Vec<usize>, Vec<usize>) =
             (0..updates.len()).partition(|&index| updates[index].delete);
         let mut answers = Vec::with_capacity(updates.len());
-        for group in [deletes, upserts] {
-            if group.is_empty() {
-                continue;
-            }
+        if !deletes.is_empty() {
             let got = self
-                .run_pipeline(group.iter().map(|&index| &updates[index]))
+                .run_deletes(deletes.iter().map(|&index| &updates[index]))
                 .await?;
-            answers.extend(group.into_iter().zip(got));
+            answers.extend(deletes.into_iter().zip(got));
+        }
+        if !upserts.is_empty() {
+            answers.extend(
+                self.run_upserts(updates, self.upsert_calls(updates, upserts))
+                    .await?,
+            );
         }
         answers.sort_by_key(|(index, _)| *index);
         Ok(answers.into_iter().map(|(_, answer)| answer).collect())
     }
 
-    /// One answer per update: a failing script call fails only its own answer.
-    async fn run_pipeline(
+    /// One answer per delete: a failing call fails only its own answer.
+    async fn run_deletes(
         &self,
-        updates: impl Iterator<Item = &ProfileUpdate>,
+        deletes: impl Iterator<Item = &ProfileUpdate>,
     ) -> RedisResult<Vec<RedisResult<Vec<String>>>> {
         let mut pipeline = redis::pipe();
-        for update in updates {
-            let (script, arguments) = if update.delete {
-                (&self.delete_script, delete_arguments(update))
-            } else {
-                (&self.upsert_script, script_arguments(update))
-            };
-            let mut invocation = script.prepare_invoke();
+        for delete in deletes {
+            let mut invocation = self.delete_script.prepare_invoke();
             invocation
-                .key(self.store.device_key(&update.device_id))
-                .key(self.store.device_versions_key(&update.device_id))
-                .arg(arguments);
+                .key(self.store.device_key(&delete.device_id))
+                .key(self.store.device_versions_key(&delete.device_id))
+                .arg(delete_arguments(delete));
             pipeline.invoke_script(&invocation);
         }
         self.store.connection().query_each(pipeline).await
     }
+
+    /// The upserts (indexes into `updates`) grouped into script calls: on a cluster, the
+    /// devices of one hash slot (a script may touch no other); on one server, any.
+    fn upsert_calls(&self, updates: &[ProfileUpdate], upserts: Vec<usize>) -> Vec<Vec<usize>> {
+        if !self.store.connection().is_cluster() {
+            return upserts
+                .chunks(DEVICES_PER_CALL)
+                .map(<[usize]>::to_vec)
+                .collect();
+        }
+        let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+        for index in upserts {
+            let slot = Slot::for_key(self.store.device_key(&updates[index].device_id));
+            by_slot.entry(slot).or_default().push(index);
+        }
+        by_slot
+            .into_values()
+            .flat_map(|devices| {
+                devices
+                    .chunks(DEVICES_PER_CALL)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// One answer per device of `calls`, with its index. A call that fails (a device whose key
+    /// is not a hash stops it) is made again device by device, so that the failure is only
+    /// the refused device's; the writes are idempotent.
+    async fn run_upserts(
+        &self,
+        updates: &[ProfileUpdate],
+        calls: Vec<Vec<usize>>,
+    ) -> RedisResult<Vec<(usize, RedisResult<Vec<String>>)>> {
+        let mut answers = Vec::new();
+        let mut again = Vec::new();
+        let got = self.run_upsert_calls(updates, &calls).await?;
+        for (call, answer) in calls.into_iter().zip(got) {
+            match answer {
+                Ok(per_device) if per_device.len() == call.len() => {
+                    answers.extend(call.into_iter().zip(per_device.into_iter().map(Ok)));
+                }
+                Err(error) if call.len() == 1 || is_no_script(&error) => {
+                    answers.extend(call.into_iter().map(|index| (index, Err(error.clone()))));
+                }
+                Ok(_) if call.len() == 1 => answers.push((call[0], Err(unexpected_answer()))),
+                _ => again.extend(call.into_iter().map(|index| vec![index])),
+            }
+        }
+        if !again.is_empty() {
+            let got = self.run_upsert_calls(updates, &again).await?;
+            for (call, answer) in again.into_iter().zip(got) {
+                let answer = answer.and_then(|per_device| {
+                    let [only] = <[Vec<String>; 1]>::try_from(per_device)
+                        .map_err(|_| unexpected_answer())?;
+                    Ok(only)
+                });
+                answers.push((call[0], answer));
+            }
+        }
+        Ok(answers)
+    }
+
+    /// One answer per call: the answer of each of its devices, or the call's failure.
+    async fn run_upsert_calls(
+        &self,
+        updates: &[ProfileUpdate],
+        calls: &[Vec<usize>],
+    ) -> RedisResult<Vec<RedisResult<Vec<Vec<String>>>>> {
+        let mut pipeline = redis::pipe();
+        for call in calls {
+            let mut invocation = self.upsert_script.prepare_invoke();
+            for &index in call {
+                let update = &updates[index];
+                invocation
+                    .key(self.store.device_key(&update.device_id))
+                    .key(self.store.device_versions_key(&update.device_id))
+                    .arg(script_arguments(update));
+            }
+            pipeline.invoke_script(&invocation);
+        }
+        self.store.connection().query_each(pipeline).await
+    }
+}
+
+fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+/// An answer of the upsert script without one entry per device of its call.
+fn unexpected_answer() -> redis::RedisError {
+    (
+        ErrorKind::UnexpectedReturnType,
+        "the upsert script answered for another number of devices",
+    )
+        .into()
 }
 
 /// How the script resolves one field (see `profile_upsert.lua`).
@@ -185,15 +286,21 @@ fn delete_arguments(delete: &ProfileUpdate) -> Vec<String> {
         .collect()
 }
 
-/// The script's ARGV for one update: version, last contact micros, then (rule, field, value).
+/// The script's ARGV for one update: the number of its fields, its version, its last contact
+/// micros, then (rule, field, value) per field.
 fn script_arguments(update: &ProfileUpdate) -> Vec<String> {
     let contact_micros = update
         .last_contact
         .as_ref()
         .map(|contact| contact.at.timestamp_micros().to_string())
         .unwrap_or_default();
-    let mut arguments = vec![update.version.to_string(), contact_micros];
-    for (rule, field, value) in hash_fields(update) {
+    let fields = hash_fields(update);
+    let mut arguments = vec![
+        fields.len().to_string(),
+        update.version.to_string(),
+        contact_micros,
+    ];
+    for (rule, field, value) in fields {
         arguments.extend([rule.name().to_string(), field.to_string(), value]);
     }
     arguments
@@ -257,6 +364,7 @@ mod tests {
             ..ProfileUpdate::default()
         };
         let expected: Vec<String> = [
+            "7",
             "42",
             "1000001",
             "text",
