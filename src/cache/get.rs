@@ -137,7 +137,8 @@ impl<'a> Reply<'a> {
 
     /// The reply values: one when it fits in `max_bytes`, else chunks that each hold a part of
     /// the list and `"chunk": {"index", "count"}`. A chunk is larger than `max_bytes` only when
-    /// one entry alone does not fit.
+    /// one entry alone does not fit. (The server renders the head and what follows it apart.)
+    #[cfg(test)]
     pub fn render(&self, request_id: &Value, max_bytes: usize) -> Vec<Vec<u8>> {
         let head = self.head(request_id);
         with_head(&head, &self.render_after_head(head.len(), max_bytes))
@@ -152,8 +153,8 @@ impl<'a> Reply<'a> {
     }
 
     /// What follows the head in each reply value. It depends on the head only through its
-    /// length, so the values for every request whose head is as long share it
-    /// ([`with_head`] completes them).
+    /// length, so the values for every request whose head is as long share it (the server
+    /// puts the head in front of each).
     pub fn render_after_head(&self, head_bytes: usize, max_bytes: usize) -> Vec<Vec<u8>> {
         match &self.body {
             Body::Message(text) => vec![format!("{}}}", Value::String(text.clone())).into_bytes()],
@@ -162,7 +163,9 @@ impl<'a> Reply<'a> {
     }
 }
 
-/// The reply values: `head` followed by each part rendered after it.
+/// The reply values: `head` followed by each part rendered after it (the server makes each
+/// value just before queueing it).
+#[cfg(test)]
 pub fn with_head(head: &str, parts: &[Vec<u8>]) -> Vec<Vec<u8>> {
     parts
         .iter()

@@ -8,15 +8,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot::Canceled;
 use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::get::{parse_request, with_head, Reply};
+use super::get::{parse_request, Reply};
 use super::keys::CacheKeys;
 use super::reader::CacheReader;
 use super::snapshot::ChangeId;
@@ -45,6 +47,19 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// which lasts as long as the broker is unreachable). The rest are abandoned uncommitted and
 /// answered again after a restart, so a stop stays within an orchestrator's grace period.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Between two attempts to queue a reply value while the producer's queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(100);
+
+/// A reply as [`GetServer::reply_values`] makes it: request id, status, head, the parts that
+/// follow the head, and the reply's share of the budget.
+type ReplyValues = (
+    Value,
+    u16,
+    String,
+    Arc<Vec<Vec<u8>>>,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// The request consumer and what answering needs.
 pub struct GetServer {
@@ -130,6 +145,19 @@ impl Unanswered {
             Unanswered::Route(route) => route.reason(),
             Unanswered::Delivery { .. } => "delivery_failed",
         }
+    }
+}
+
+/// A reply value the producer could not queue or deliver, naming the grant when the broker
+/// refused the write.
+fn undelivered(route: &ReplyRoute, error: KafkaError) -> Unanswered {
+    let topic = format!("topic {}", route.topic);
+    let refused = error
+        .rdkafka_error_code()
+        .and_then(|code| access::missing_grant(code, "WRITE", &topic));
+    Unanswered::Delivery {
+        topic: route.topic.clone(),
+        reason: refused.unwrap_or_else(|| error.to_string()),
     }
 }
 
@@ -242,48 +270,73 @@ impl GetServer {
     /// Replies to one request; returns the status it was answered with.
     async fn answer(&self, request: &Incoming) -> Result<u16, Unanswered> {
         let route = ReplyRoute::of(&request.headers, &self.reply_topics)?;
-        let (request_id, status, values, _budget) = self.reply_values(request).await;
+        let (request_id, status, head, parts, _budget) = self.reply_values(request).await;
         let correlation_id = reply_correlation_id(&request.headers, &request_id);
-        let deliveries = values.iter().map(|value| {
+        let mut deliveries = Vec::with_capacity(parts.len());
+        for part in parts.iter() {
+            // Each value is made just before it is queued and dropped once the producer has
+            // copied it, so a reply is held once (by the producer) rather than twice.
+            let value = [head.as_bytes(), part.as_slice()].concat();
+            let queued = self
+                .enqueue(&route, request, correlation_id.as_deref(), &value)
+                .await;
+            deliveries.push(queued.map_err(|error| undelivered(&route, error))?);
+        }
+        for delivered in join_all(deliveries).await {
+            match delivered {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(undelivered(&route, error)),
+                Err(Canceled) => {
+                    return Err(undelivered(&route, KafkaError::Canceled));
+                }
+            }
+        }
+        tracing::debug!(%request_id, status, values = parts.len(), "cache request answered");
+        Ok(status)
+    }
+
+    /// Queues one reply value, waiting up to [`QUEUE_TIMEOUT`] while the producer's queue is
+    /// full; the delivery is awaited separately.
+    async fn enqueue(
+        &self,
+        route: &ReplyRoute,
+        request: &Incoming,
+        correlation_id: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let queue_full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        let began = Instant::now();
+        loop {
             let mut record = FutureRecord::to(&route.topic)
                 .payload(value)
-                .headers(correlation_headers(correlation_id.as_deref()));
+                .headers(correlation_headers(correlation_id));
             if let Some(key) = request.message.key() {
                 record = record.key(key);
             }
             if let Some(partition) = route.partition {
                 record = record.partition(partition);
             }
-            self.producer.send(record, QUEUE_TIMEOUT)
-        });
-        for delivered in join_all(deliveries).await {
-            delivered.map_err(|(error, _)| {
-                let topic = format!("topic {}", route.topic);
-                let refused = error
-                    .rdkafka_error_code()
-                    .and_then(|code| access::missing_grant(code, "WRITE", &topic));
-                Unanswered::Delivery {
-                    topic: route.topic.clone(),
-                    reason: refused.unwrap_or_else(|| error.to_string()),
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((error, _)) if error == queue_full && began.elapsed() < QUEUE_TIMEOUT => {
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
-            })?;
+                Err((error, _)) => return Err(error),
+            }
         }
-        tracing::debug!(%request_id, status, values = values.len(), "cache request answered");
-        Ok(status)
     }
 
-    /// The request's id, the reply status, the rendered reply values and their share of the
-    /// reply budget, to hold until they are delivered.
-    async fn reply_values(
-        &self,
-        request: &Incoming,
-    ) -> (Value, u16, Vec<Vec<u8>>, Option<OwnedSemaphorePermit>) {
+    /// The request's id, the reply status, the head of every reply value, what follows it in
+    /// each, and their share of the reply budget, to hold until they are delivered.
+    async fn reply_values(&self, request: &Incoming) -> ReplyValues {
         let max_bytes = self.serve.reply_max_bytes;
         let parsed = match parse_request(request.message.payload(), self.serve.timezone) {
             Ok(parsed) => parsed,
             Err(rejected) => {
-                let values = Reply::rejected(&rejected).render(&rejected.request_id, max_bytes);
-                return (rejected.request_id, 400, values, None);
+                let reply = Reply::rejected(&rejected);
+                let head = reply.head(&rejected.request_id);
+                let parts = Arc::new(reply.render_after_head(head.len(), max_bytes));
+                return (rejected.request_id, 400, head, parts, None);
             }
         };
         let cache = self
@@ -310,8 +363,7 @@ impl GetServer {
             }
             _ => Arc::new(render()),
         };
-        let values = with_head(&head, &parts);
-        (parsed.request_id, reply.status, values, budget)
+        (parsed.request_id, reply.status, head, parts, budget)
     }
 
     /// Waits until `bytes` fit in the reply budget (a reply larger than the whole budget waits
