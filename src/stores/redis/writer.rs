@@ -23,9 +23,9 @@ pub struct ProfileWriter {
 /// The orders both scripts use, loaded in front of each.
 const ORDER_LUA: &str = include_str!("profile_order.lua");
 
-/// Devices per call of the upsert script: the call's own cost (about a quarter of a device's,
-/// measured in BENCHMARKS.md) is shared, while a call stays short enough not to hold up the
-/// server's other clients (a few hundred microseconds).
+/// Devices per call of the upsert script: the call's own cost (4–5 µs of the 17–37 µs a call of
+/// one device took, docs/benchmarks-history.md) is shared, while a call stays short enough not
+/// to hold up the server's other clients (about a millisecond).
 const DEVICES_PER_CALL: usize = 32;
 
 impl ProfileWriter {
