@@ -148,15 +148,11 @@ impl ProfileWriter {
     /// The upserts (indexes into `updates`) grouped into script calls: on a cluster, the
     /// devices of one hash slot (a script may touch no other); on one server, any.
     fn upsert_calls(&self, updates: &[ProfileUpdate], upserts: Vec<usize>) -> Vec<Vec<usize>> {
-        if !self.store.connection().is_cluster() {
-            return upserts
-                .chunks(DEVICES_PER_CALL)
-                .map(<[usize]>::to_vec)
-                .collect();
-        }
-        let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+        let cluster = self.store.connection().is_cluster();
+        let mut by_slot: HashMap<Option<Slot>, Vec<usize>> = HashMap::new();
         for index in upserts {
-            let slot = Slot::for_key(self.store.device_key(&updates[index].device_id));
+            let slot =
+                cluster.then(|| Slot::for_key(self.store.device_key(&updates[index].device_id)));
             by_slot.entry(slot).or_default().push(index);
         }
         by_slot
@@ -170,9 +166,9 @@ impl ProfileWriter {
             .collect()
     }
 
-    /// One answer per device of `calls`, with its index. A call that fails (a device whose key
-    /// is not a hash stops it) is made again device by device, so that the failure is only
-    /// the refused device's; the writes are idempotent.
+    /// One answer per device of `calls`, with its index. A call of several devices that fails
+    /// (a device whose key is not a hash stops it) is made again device by device, so that the
+    /// failure is only the refused device's; the writes are idempotent.
     async fn run_upserts(
         &self,
         updates: &[ProfileUpdate],
@@ -182,26 +178,21 @@ impl ProfileWriter {
         let mut again = Vec::new();
         let got = self.run_upsert_calls(updates, &calls).await?;
         for (call, answer) in calls.into_iter().zip(got) {
-            match answer {
-                Ok(per_device) if per_device.len() == call.len() => {
-                    answers.extend(call.into_iter().zip(per_device.into_iter().map(Ok)));
-                }
-                Err(error) if call.len() == 1 || is_no_script(&error) => {
-                    answers.extend(call.into_iter().map(|index| (index, Err(error.clone()))));
-                }
-                Ok(_) if call.len() == 1 => answers.push((call[0], Err(unexpected_answer()))),
-                _ => again.extend(call.into_iter().map(|index| vec![index])),
+            let stopped = call.len() > 1
+                && answer.as_ref().map_or_else(
+                    |error| !is_no_script(error),
+                    |per_device| per_device.len() != call.len(),
+                );
+            if stopped {
+                again.extend(call.into_iter().map(|index| vec![index]));
+            } else {
+                answers.extend(per_device(call, answer));
             }
         }
         if !again.is_empty() {
             let got = self.run_upsert_calls(updates, &again).await?;
             for (call, answer) in again.into_iter().zip(got) {
-                let answer = answer.and_then(|per_device| {
-                    let [only] = <[Vec<String>; 1]>::try_from(per_device)
-                        .map_err(|_| unexpected_answer())?;
-                    Ok(only)
-                });
-                answers.push((call[0], answer));
+                answers.extend(per_device(call, answer));
             }
         }
         Ok(answers)
@@ -233,13 +224,31 @@ fn is_no_script(error: &redis::RedisError) -> bool {
     error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
-/// An answer of the upsert script without one entry per device of its call.
-fn unexpected_answer() -> redis::RedisError {
-    (
-        ErrorKind::UnexpectedReturnType,
-        "the upsert script answered for another number of devices",
-    )
-        .into()
+/// Each device's answer of one upsert call, with its index: its own entry, or the call's
+/// failure (an answer without one entry per device is one).
+fn per_device(
+    call: Vec<usize>,
+    answer: RedisResult<Vec<Vec<String>>>,
+) -> Vec<(usize, RedisResult<Vec<String>>)> {
+    match answer {
+        Ok(entries) if entries.len() == call.len() => {
+            call.into_iter().zip(entries.into_iter().map(Ok)).collect()
+        }
+        Ok(_) => {
+            let unexpected: redis::RedisError = (
+                ErrorKind::UnexpectedReturnType,
+                "the upsert script answered for another number of devices",
+            )
+                .into();
+            call.into_iter()
+                .map(|index| (index, Err(unexpected.clone())))
+                .collect()
+        }
+        Err(error) => call
+            .into_iter()
+            .map(|index| (index, Err(error.clone())))
+            .collect(),
+    }
 }
 
 /// How the script resolves one field (see `profile_upsert.lua`).
