@@ -51,15 +51,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// Between two attempts to queue a reply value while the producer's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(100);
 
-/// A reply as [`GetServer::reply_values`] makes it: request id, status, head, the parts that
-/// follow the head, and the reply's share of the budget.
-type ReplyValues = (
-    Value,
-    u16,
-    String,
-    Arc<Vec<Vec<u8>>>,
-    Option<OwnedSemaphorePermit>,
-);
+/// A reply as [`GetServer::reply_values`] makes it.
+struct ReplyValues {
+    request_id: Value,
+    status: u16,
+    /// The start of every value.
+    head: String,
+    /// What follows the head in each value.
+    parts: Arc<Vec<Vec<u8>>>,
+    /// The reply's share of the reply budget, held until it is delivered.
+    _budget: Option<OwnedSemaphorePermit>,
+}
 
 /// The request consumer and what answering needs.
 pub struct GetServer {
@@ -270,7 +272,13 @@ impl GetServer {
     /// Replies to one request; returns the status it was answered with.
     async fn answer(&self, request: &Incoming) -> Result<u16, Unanswered> {
         let route = ReplyRoute::of(&request.headers, &self.reply_topics)?;
-        let (request_id, status, head, parts, _budget) = self.reply_values(request).await;
+        let ReplyValues {
+            request_id,
+            status,
+            head,
+            parts,
+            _budget,
+        } = self.reply_values(request).await;
         let correlation_id = reply_correlation_id(&request.headers, &request_id);
         let mut deliveries = Vec::with_capacity(parts.len());
         for part in parts.iter() {
@@ -306,19 +314,20 @@ impl GetServer {
     ) -> Result<DeliveryFuture, KafkaError> {
         let queue_full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
         let began = Instant::now();
+        let mut record = FutureRecord::to(&route.topic)
+            .payload(value)
+            .headers(correlation_headers(correlation_id));
+        if let Some(key) = request.message.key() {
+            record = record.key(key);
+        }
+        if let Some(partition) = route.partition {
+            record = record.partition(partition);
+        }
         loop {
-            let mut record = FutureRecord::to(&route.topic)
-                .payload(value)
-                .headers(correlation_headers(correlation_id));
-            if let Some(key) = request.message.key() {
-                record = record.key(key);
-            }
-            if let Some(partition) = route.partition {
-                record = record.partition(partition);
-            }
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
-                Err((error, _)) if error == queue_full && began.elapsed() < QUEUE_TIMEOUT => {
+                Err((error, refused)) if error == queue_full && began.elapsed() < QUEUE_TIMEOUT => {
+                    record = refused;
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
                 Err((error, _)) => return Err(error),
@@ -326,8 +335,7 @@ impl GetServer {
         }
     }
 
-    /// The request's id, the reply status, the head of every reply value, what follows it in
-    /// each, and their share of the reply budget, to hold until they are delivered.
+    /// The reply to `request`, with its share of the reply budget.
     async fn reply_values(&self, request: &Incoming) -> ReplyValues {
         let max_bytes = self.serve.reply_max_bytes;
         let parsed = match parse_request(request.message.payload(), self.serve.timezone) {
@@ -336,7 +344,13 @@ impl GetServer {
                 let reply = Reply::rejected(&rejected);
                 let head = reply.head(&rejected.request_id);
                 let parts = Arc::new(reply.render_after_head(head.len(), max_bytes));
-                return (rejected.request_id, 400, head, parts, None);
+                return ReplyValues {
+                    request_id: rejected.request_id,
+                    status: 400,
+                    head,
+                    parts,
+                    _budget: None,
+                };
             }
         };
         let cache = self
@@ -363,7 +377,13 @@ impl GetServer {
             }
             _ => Arc::new(render()),
         };
-        (parsed.request_id, reply.status, head, parts, budget)
+        ReplyValues {
+            request_id: parsed.request_id,
+            status: reply.status,
+            head,
+            parts,
+            _budget: budget,
+        }
     }
 
     /// Waits until `bytes` fit in the reply budget (a reply larger than the whole budget waits
