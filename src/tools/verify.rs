@@ -192,12 +192,17 @@ impl Stores {
     ) -> Result<Vec<(&'a str, Option<StoredProfile>, RedisHashes)>, StoreError> {
         let ids: Vec<&str> = device_ids.iter().map(String::as_str).collect();
         let hashes = self.hashes(&ids).await?;
-        let mut both = Vec::with_capacity(ids.len());
-        for (device_id, hashes) in ids.into_iter().zip(hashes) {
-            let row = self.scan.read(&[device_id]).await?.pop();
-            both.push((device_id, row, hashes));
+        // The rows in the push's multi-partition reads, a request per group of devices.
+        let mut rows = HashMap::new();
+        for group in self.cassandra_writer.read_groups(ids.iter().copied()) {
+            let read = self.scan.read(&group).await?;
+            rows.extend(read.into_iter().map(|row| (row.device_id.clone(), row)));
         }
-        Ok(both)
+        Ok(ids
+            .into_iter()
+            .zip(hashes)
+            .map(|(device_id, hashes)| (device_id, rows.remove(device_id), hashes))
+            .collect())
     }
 
     /// Writes each device from each store into the other: Cassandra's row through the Redis
