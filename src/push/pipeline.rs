@@ -10,7 +10,7 @@
 //!   event of that device is written alone, and only the ones refused alone are dead-lettered;
 //! * a dead letter the dead-letter topic refuses for good is counted, logged and skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +33,8 @@ use crate::stores::StoreError;
 /// before it is still being written, so the stores are not left idle while one batch's slowest
 /// writes finish. Writes are order-independent, and offsets are stored per record
 /// ([`EventSource::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
-/// A batch holding a tombstone is the exception: it is written alone.
+/// The one exception is a device deleted by one batch and written by another: see
+/// [`BatchDevices`].
 const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Batching and retry knobs.
@@ -73,8 +74,56 @@ pub struct ProfilePipeline {
 /// The batch was given up because the service is shutting down; its offsets stay unstored.
 struct Abandoned;
 
+/// A fetched batch, parsed.
+struct Batch {
+    records: Vec<OwnedMessage>,
+    /// The accepted events: each one's index in `records`, and what it changes.
+    accepted: Vec<(usize, ProfileUpdate)>,
+    rejects: Vec<(usize, Rejection)>,
+}
+
 /// An accepted event: its record and what it changes.
-type Accepted<'a> = (&'a OwnedMessage, ProfileUpdate);
+type Accepted<'a> = (&'a OwnedMessage, &'a ProfileUpdate);
+
+impl Batch {
+    fn accepted(&self) -> Vec<Accepted<'_>> {
+        let records = &self.records;
+        self.accepted
+            .iter()
+            .map(|(index, update)| (&records[*index], update))
+            .collect()
+    }
+}
+
+/// The devices a batch writes, and those it deletes. A delete starts a new life of its device
+/// (docs/architecture.md, "Deletes"): where the device's next cells go, and what a first
+/// meeting of it may fold. So a batch that deletes a device another batch in flight writes, or
+/// writes a device one in flight deletes, waits for the batches in flight to finish; batches
+/// that share no deleted device are written at once, as batches without deletes are.
+#[derive(Debug, Default)]
+struct BatchDevices {
+    written: HashSet<String>,
+    deleted: HashSet<String>,
+}
+
+impl BatchDevices {
+    fn of<'a>(updates: impl IntoIterator<Item = &'a ProfileUpdate>) -> Self {
+        let mut devices = BatchDevices::default();
+        for update in updates {
+            if update.delete {
+                devices.deleted.insert(update.device_id.clone());
+            }
+            devices.written.insert(update.device_id.clone());
+        }
+        devices
+    }
+
+    fn must_follow(&self, earlier: &BatchDevices) -> bool {
+        let deletes_what_the_other_writes =
+            |a: &BatchDevices, b: &BatchDevices| a.deleted.iter().any(|d| b.written.contains(d));
+        deletes_what_the_other_writes(self, earlier) || deletes_what_the_other_writes(earlier, self)
+    }
+}
 
 impl ProfilePipeline {
     /// Runs until `shutdown`; then finishes the batches in flight and commits the offsets
@@ -82,30 +131,33 @@ impl ProfilePipeline {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!("device profile push running");
         let mut in_flight = FuturesUnordered::new();
-        loop {
+        // The devices of each batch in flight, by the batch's number.
+        let mut in_flight_devices: BTreeMap<u64, BatchDevices> = BTreeMap::new();
+        for number in 0u64.. {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((batch, processed)) = in_flight.next() => self.finish(batch, processed),
-                batch = self.consumer.next_batch(self.settings.max_batch),
+                Some((finished, batch, processed)) = in_flight.next() => {
+                    in_flight_devices.remove(&finished);
+                    self.finish(batch, processed);
+                }
+                records = self.consumer.next_batch(self.settings.max_batch),
                     if in_flight.len() < BATCHES_IN_FLIGHT =>
                 {
-                    if batch.iter().any(|message| message.payload().is_none()) {
-                        // A delete starts a new life of its device, which its later writes
-                        // must know of (docs/architecture.md, "Deletes"): a batch of
-                        // tombstones is written alone, after the batches before it.
-                        while let Some((batch, processed)) = in_flight.next().await {
+                    let batch = self.parse(records);
+                    let devices = BatchDevices::of(batch.accepted.iter().map(|(_, update)| update));
+                    if in_flight_devices.values().any(|earlier| devices.must_follow(earlier)) {
+                        while let Some((_, batch, processed)) = in_flight.next().await {
                             self.finish(batch, processed);
                         }
-                        let (batch, processed) = self.process_owned(batch, &shutdown).await;
-                        self.finish(batch, processed);
-                    } else {
-                        in_flight.push(self.process_owned(batch, &shutdown));
+                        in_flight_devices.clear();
                     }
+                    in_flight_devices.insert(number, devices);
+                    in_flight.push(self.process_owned(number, batch, &shutdown));
                 }
             }
         }
-        while let Some((batch, processed)) = in_flight.next().await {
+        while let Some((_, batch, processed)) = in_flight.next().await {
             self.finish(batch, processed);
         }
         self.consumer.commit();
@@ -115,73 +167,68 @@ impl ProfilePipeline {
     /// [`Self::process`] of a batch it owns, so that several can be in flight.
     async fn process_owned(
         &self,
-        batch: Vec<OwnedMessage>,
+        number: u64,
+        batch: Batch,
         shutdown: &CancellationToken,
-    ) -> (Vec<OwnedMessage>, Result<(), Abandoned>) {
+    ) -> (u64, Batch, Result<(), Abandoned>) {
         let processed = self.process(&batch, shutdown).await;
-        (batch, processed)
+        (number, batch, processed)
     }
 
     /// Acknowledges a processed batch; an abandoned one keeps its offsets unstored.
-    fn finish(&self, batch: Vec<OwnedMessage>, processed: Result<(), Abandoned>) {
+    fn finish(&self, batch: Batch, processed: Result<(), Abandoned>) {
         match processed {
             Ok(()) => {
-                for message in &batch {
+                for message in &batch.records {
                     self.consumer.acknowledge(message);
                 }
             }
             Err(Abandoned) => tracing::info!(
-                events = batch.len(),
+                events = batch.records.len(),
                 "shutdown: in-flight batch left for the next owner"
             ),
         }
     }
 
-    async fn process(
-        &self,
-        batch: &[OwnedMessage],
-        shutdown: &CancellationToken,
-    ) -> Result<(), Abandoned> {
-        self.metrics
-            .profile_events_consumed
-            .inc_by(batch.len() as u64);
-        self.metrics.profile_batch_size.observe(batch.len() as f64);
-        let (accepted, rejects) = self.parse(batch);
-        for (message, rejection) in &rejects {
+    async fn process(&self, batch: &Batch, shutdown: &CancellationToken) -> Result<(), Abandoned> {
+        for (index, rejection) in &batch.rejects {
             let reason = rejection.to_string();
-            self.dead_letter(message, &reason, rejection.kind(), shutdown)
+            self.dead_letter(&batch.records[*index], &reason, rejection.kind(), shutdown)
                 .await?;
         }
-        let (written, refused) = self.write(&accepted, shutdown).await?;
+        let (written, refused) = self.write(&batch.accepted(), shutdown).await?;
         for (message, error) in &refused {
             self.dead_letter(message, &error.to_string(), "store_refused", shutdown)
                 .await?;
         }
         self.push_last_contacts(&written, shutdown).await?;
         let now_ms = Utc::now().timestamp_millis();
-        for message in batch {
+        for message in &batch.records {
             if let Some(produced_ms) = message.timestamp().to_millis() {
                 let seconds = (now_ms - produced_ms).max(0) as f64 / 1000.0;
                 self.metrics.profile_end_to_end_seconds.observe(seconds);
             }
         }
         tracing::debug!(
-            events = batch.len(),
-            dead_lettered = rejects.len() + refused.len(),
+            events = batch.records.len(),
+            dead_lettered = batch.rejects.len() + refused.len(),
             writes = written.len(),
             "batch written to Redis and Cassandra"
         );
         Ok(())
     }
 
-    fn parse<'a>(
-        &self,
-        batch: &'a [OwnedMessage],
-    ) -> (Vec<Accepted<'a>>, Vec<(&'a OwnedMessage, Rejection)>) {
+    fn parse(&self, records: Vec<OwnedMessage>) -> Batch {
+        self.metrics
+            .profile_events_consumed
+            .inc_by(records.len() as u64);
+        self.metrics
+            .profile_batch_size
+            .observe(records.len() as f64);
         let now = Utc::now();
-        let mut accepted = Vec::with_capacity(batch.len());
+        let mut accepted = Vec::with_capacity(records.len());
         let mut rejects = Vec::new();
-        for message in batch {
+        for (index, message) in records.iter().enumerate() {
             // Events without api_last_updated_on are ordered by their record timestamp.
             let record_version = message
                 .timestamp()
@@ -201,11 +248,15 @@ impl ProfilePipeline {
                 Ok(update)
             });
             match checked {
-                Ok(update) => accepted.push((message, update)),
-                Err(rejection) => rejects.push((message, rejection)),
+                Ok(update) => accepted.push((index, update)),
+                Err(rejection) => rejects.push((index, rejection)),
             }
         }
-        (accepted, rejects)
+        Batch {
+            records,
+            accepted,
+            rejects,
+        }
     }
 
     /// Sends `message` to the dead-letter topic; a letter refused for good is counted as
@@ -270,7 +321,7 @@ impl ProfilePipeline {
         accepted: &[Accepted<'a>],
         shutdown: &CancellationToken,
     ) -> Result<(Vec<ProfileUpdate>, Vec<(&'a OwnedMessage, StoreError)>), Abandoned> {
-        let merged = merge::merge(accepted.iter().map(|(_, update)| update.clone()));
+        let merged = merge::merge(accepted.iter().map(|(_, update)| (*update).clone()));
         let refused_devices = self.write_settled(&merged, shutdown).await?;
         if refused_devices.is_empty() {
             return Ok((merged, Vec::new()));
@@ -282,7 +333,7 @@ impl ProfilePipeline {
             .iter()
             .filter(|(_, update)| refused_devices.contains_key(&update.device_id));
         for (message, update) in of_refused_devices {
-            let alone = merge::merge([update.clone()]);
+            let alone = merge::merge([(*update).clone()]);
             if let Some(error) = self
                 .write_settled(&alone, shutdown)
                 .await?
@@ -296,7 +347,7 @@ impl ProfilePipeline {
             accepted
                 .iter()
                 .filter(|(message, _)| !refused.iter().any(|(r, _)| std::ptr::eq(*r, *message)))
-                .map(|(_, update)| update.clone()),
+                .map(|(_, update)| (*update).clone()),
         );
         Ok((written, refused))
     }
@@ -433,5 +484,36 @@ impl Wait for &mut Paused<'_> {
     fn wait(&mut self, delay: Duration) -> impl Future<Output = ()> + Send {
         self.waits += 1;
         self.ingress.poll_while_paused(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(updates: &[(&str, bool)]) -> BatchDevices {
+        let updates: Vec<ProfileUpdate> = updates
+            .iter()
+            .map(|(device_id, delete)| {
+                let mut update = ProfileUpdate::delete(device_id.to_string(), 1);
+                update.delete = *delete;
+                update
+            })
+            .collect();
+        BatchDevices::of(&updates)
+    }
+
+    #[test]
+    fn only_a_device_deleted_by_one_batch_and_written_by_the_other_orders_them() {
+        let writes_d1 = batch(&[("d1", false), ("d2", false)]);
+        let deletes_d1 = batch(&[("d1", true), ("d3", false)]);
+        let deletes_d4 = batch(&[("d4", true), ("d3", false)]);
+        assert!(deletes_d1.must_follow(&writes_d1));
+        assert!(writes_d1.must_follow(&deletes_d1));
+        assert!(deletes_d1.must_follow(&deletes_d1));
+        assert!(!deletes_d4.must_follow(&writes_d1));
+        assert!(!writes_d1.must_follow(&deletes_d4));
+        // Batches without deletes share devices freely: writes are order-independent.
+        assert!(!writes_d1.must_follow(&writes_d1));
     }
 }

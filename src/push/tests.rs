@@ -36,8 +36,10 @@ struct Batches {
 
 impl EventSource for Arc<Batches> {
     fn next_batch(&self, _max: usize) -> BoxFuture<'_, Vec<OwnedMessage>> {
-        let next = self.batches.lock().unwrap().pop_front();
+        // Taken when first polled, as the consumer's stream does: the pipeline makes this
+        // future on every turn and drops it unpolled while its batches in flight are full.
         Box::pin(async move {
+            let next = self.batches.lock().unwrap().pop_front();
             match next {
                 Some(batch) => batch,
                 None => futures::future::pending().await,
@@ -66,6 +68,10 @@ struct Store {
     written: Mutex<Vec<ProfileUpdate>>,
     outage: AtomicU32,
     calls: AtomicU32,
+    /// How long each call takes.
+    write_time: Duration,
+    /// "start" and "end" of each call, with its devices ("-d1": the delete of d1).
+    calls_log: Mutex<Vec<String>>,
 }
 
 impl ProfileWrites for Arc<Store> {
@@ -85,6 +91,26 @@ impl ProfileWrites for Arc<Store> {
                 let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
                 return Err(StoreError::Redis(refused.into()));
             }
+            let devices: Vec<String> = updates
+                .iter()
+                .map(|update| {
+                    format!(
+                        "{}{}",
+                        if update.delete { "-" } else { "" },
+                        update.device_id
+                    )
+                })
+                .collect();
+            let devices = devices.join(",");
+            self.calls_log
+                .lock()
+                .unwrap()
+                .push(format!("start {devices}"));
+            tokio::time::sleep(self.write_time).await;
+            self.calls_log
+                .lock()
+                .unwrap()
+                .push(format!("end {devices}"));
             let outcomes = updates
                 .iter()
                 .map(|update| {
@@ -354,6 +380,40 @@ async fn a_dead_letter_refused_for_good_is_counted_dropped_and_the_stream_goes_o
         .get();
     assert_eq!(dropped, 1);
     assert_eq!(run.acknowledged(), [0, 1]);
+}
+
+#[tokio::test]
+async fn a_device_deleted_by_a_batch_in_flight_is_written_by_no_other_batch_meanwhile() {
+    let store = Store {
+        write_time: Duration::from_millis(100),
+        ..Store::default()
+    };
+    let run = Run::new(
+        vec![
+            vec![event(0, "d1", "Pune", 1)],
+            // Deletes a device the batch in flight does not write: written at once.
+            vec![record(1, "d2", None)],
+            // Writes the device deleted by the batch in flight: written after it.
+            vec![event(2, "d2", "Goa", 1_700_000_000_002)],
+            // Deletes the device written by the batch in flight: written after it.
+            vec![record(3, "d2", None)],
+        ],
+        store,
+        Letters::default(),
+    );
+    run.until_acknowledged(4).await;
+
+    let log = run.store.calls_log.lock().unwrap().clone();
+    let mut overlapping = log[..2].to_vec();
+    overlapping.sort();
+    assert_eq!(overlapping, ["start -d2", "start d1"], "{log:?}");
+    assert_eq!(
+        log[4..],
+        ["start d2", "end d2", "start -d2", "end -d2"],
+        "{log:?}"
+    );
+    assert_eq!(run.store.cities_of("d2"), ["Goa"]);
+    assert_eq!(run.acknowledged(), [0, 1, 2, 3]);
 }
 
 #[tokio::test]
