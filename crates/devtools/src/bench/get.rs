@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 use tokio::time::Instant;
 
+use super::push::{event, ACKNOWLEDGED};
 use super::table::{median_of, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{isolated_env, isolated_kafka, isolated_stores};
@@ -17,13 +18,22 @@ use crate::sim::{Fleet, FleetShape};
 use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::publish::{publish, write_staging, Generation, RefreshLock};
-use hawkeye_customer_cache::kafka::producer;
+use hawkeye_customer_cache::config::KafkaSettings;
+use hawkeye_customer_cache::kafka::{ensure_topics, producer};
 use hawkeye_customer_cache::stores::RedisStore;
+use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Share of the cache a filtered request asks for.
 const FILTERED_SHARE: f64 = 0.01;
+/// Profile events per second the service pushes while its gets are measured: the work a
+/// production instance does beside answering (issue 31, item 5).
+const BACKGROUND_EVENTS_PER_S: usize = 1_000;
+/// Devices the background events go round-robin over.
+const BACKGROUND_DEVICES: usize = 10_000;
+const BACKGROUND_TICK: Duration = Duration::from_millis(100);
 /// How long publishing waits for the lock held by the service's start-up refresh, which fails
 /// at once here: its APIs are unreachable.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(180);
@@ -100,6 +110,12 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     request(&clients[0], None).await?;
     let with_large = service.memory()?.rss_mib;
 
+    let background_stop = CancellationToken::new();
+    let background = tokio::spawn(background_pushes(
+        kafka.clone(),
+        name.clone(),
+        background_stop.clone(),
+    ));
     let mut rows = Vec::new();
     let sizes = &bench.sizes;
     let cases = [
@@ -125,6 +141,11 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             rows.push(load_row(large, label, concurrency, &runs));
         }
     }
+    background_stop.cancel();
+    let background_sent = background
+        .await
+        .context("the background pushes panicked")??;
+    let background_pushed = service.metric(ACKNOWLEDGED).await?;
     let peak = service.memory()?.peak_mib;
     service.stop().await?;
     let (small_text, large_text) = (thousands(small as f64), thousands(large as f64));
@@ -160,10 +181,51 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             "get: {CLIENTS} in-process clients (cache::client::Requester, each with its own reply \
              topic, all sending with one producer), requests one after the other per client; latency from sending the request to \
              the whole reply joined (replies over 900 kB come in chunks); the filter keeps about \
-             {:.0}% of the entries; RSS is read from /proc after a get has loaded each cache",
+             {:.0}% of the entries; RSS is read from /proc after a get has loaded each cache. \
+             All the while, the service pushes device profile events in the background \
+             ({BACKGROUND_EVENTS_PER_S} ev/s produced over {BACKGROUND_DEVICES} devices: \
+             {background_sent} produced, {background_pushed} written to both stores when the \
+             loads ended)",
             FILTERED_SHARE * 100.0
         )],
     })
+}
+
+/// Produces profile events to the service's topic at [`BACKGROUND_EVENTS_PER_S`] until `stop`;
+/// how many.
+async fn background_pushes(
+    kafka: KafkaSettings,
+    prefix: String,
+    stop: CancellationToken,
+) -> anyhow::Result<usize> {
+    let topic = kafka
+        .topics
+        .profile_updates
+        .first()
+        .context("no profile topic")?;
+    ensure_topics(&kafka, &[topic]).await?;
+    let producer = producer(&kafka)?;
+    let per_tick = BACKGROUND_EVENTS_PER_S * BACKGROUND_TICK.as_millis() as usize / 1_000;
+    let mut ticks = tokio::time::interval(BACKGROUND_TICK);
+    let mut sent = 0;
+    while !stop.is_cancelled() {
+        ticks.tick().await;
+        let sends = (sent..sent + per_tick).map(|index| {
+            let producer = &producer;
+            let prefix = prefix.as_str();
+            async move {
+                let (key, value) = event(prefix, index, BACKGROUND_DEVICES);
+                let record = FutureRecord::to(topic).key(&key).payload(&value);
+                producer
+                    .send(record, REQUEST_TIMEOUT)
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic}: {e}"))
+            }
+        });
+        futures::future::try_join_all(sends).await?;
+        sent += per_tick;
+    }
+    Ok(sent)
 }
 
 /// Replaces the cache with `entries` as a refresh does: staging hash, then the lock-checked

@@ -10,7 +10,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::FutureRecord;
 use tokio::time::Instant;
 
-use super::push::{acknowledged, check_last_events, event, produce, wait_for_acknowledged};
+use super::push::{
+    acknowledged, check_last_events, event, produce, wait_for_acknowledged, Workload,
+};
 use super::table::{median, thousands, Row};
 use super::{Bench, Report};
 use crate::service::{free_port, isolated_env, isolated_kafka, ServiceProcess};
@@ -102,7 +104,7 @@ async fn run(bench: &Bench, rep: usize, count: usize) -> anyhow::Result<Instance
         futures::future::try_join_all(envs.iter().map(|env| bench.start_service(env))).await?;
     settle(&kafka, &services).await?;
     // Timed like the push: from the first to the last of the events acknowledged.
-    produce(&kafka, &name, events, devices).await?;
+    produce(&kafka, &name, events, devices, Workload::Updates).await?;
     let warm_up = PARTITIONS as usize;
     let (started, first) = wait_for_acknowledged(&services, warm_up + 1).await?;
     let (finished, last) = wait_for_acknowledged(&services, warm_up + events).await?;
@@ -115,7 +117,8 @@ async fn run(bench: &Bench, rep: usize, count: usize) -> anyhow::Result<Instance
     };
     let harness = bench.harness(&name).await?;
     let deadline = Instant::now() + CHECK_WAIT;
-    while let Err(e) = check_last_events(&harness, &name, events, devices).await {
+    while let Err(e) = check_last_events(&harness, &name, events, devices, Workload::Updates).await
+    {
         if Instant::now() > deadline {
             return Err(e.context(format!("{count} instance(s) counted every event")));
         }

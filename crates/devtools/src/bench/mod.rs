@@ -5,6 +5,7 @@
 
 mod get;
 mod instances;
+mod platform_rows;
 mod probe;
 mod push;
 mod rebuild;

@@ -88,6 +88,15 @@ impl Harness {
         Ok(row.and_then(|(producer_id,)| producer_id))
     }
 
+    /// Whether neither store holds a `producer_id` for the device (deleted, or never written).
+    pub async fn both_lack(&self, device_id: &str) -> anyhow::Result<bool> {
+        let (redis, cassandra) = futures::join!(
+            self.redis_producer_id(device_id),
+            self.cassandra_producer_id(device_id)
+        );
+        Ok(redis?.is_none() && cassandra?.is_none())
+    }
+
     /// Whether both stores hold `producer_id` for the device.
     pub async fn both_show(&self, device_id: &str, producer_id: &str) -> anyhow::Result<bool> {
         let (redis, cassandra) = futures::join!(

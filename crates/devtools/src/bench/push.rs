@@ -14,6 +14,7 @@ use scylla::value::CqlTimestamp;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::platform_rows;
 use super::probe::Harness;
 use super::store_limit::{self, per_100k, StoreLimit, INSERTS_IN_FLIGHT};
 use super::table::{median, median_of, thousands, Row};
@@ -29,6 +30,7 @@ use hawkeye_customer_cache::profile::{merge, ProfileUpdate, TextField};
 
 /// Version (`api_last_updated_on`) of event 0; event `i` has `BASE_VERSION_MS + i`.
 const BASE_VERSION_MS: i64 = 1_700_000_000_000;
+const DAY_MS: i64 = 86_400_000;
 /// Deliveries awaited at once while pre-producing.
 const PRODUCE_IN_FLIGHT: usize = 10_000;
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,6 +87,32 @@ pub(super) fn event(prefix: &str, index: usize, devices: usize) -> (String, Stri
     (device_id, value.to_string())
 }
 
+/// What a run's service meets: updates of devices no one wrote, the same with deletes among
+/// them, or updates of devices the deployment before it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Workload {
+    Updates,
+    /// About one event in [`EVENTS_PER_DELETE`] is a tombstone of its device instead, at the
+    /// version the update would have had.
+    WithDeletes,
+    /// Every device is in both stores before the run, as the platform's API and the old job
+    /// left it a day before the first event ([`platform_rows`]).
+    OnAdoptedRows,
+}
+
+/// One event in this many is a delete in a [`Workload::WithDeletes`] run (issue 31's 1%).
+const EVENTS_PER_DELETE: u64 = 100;
+
+impl Workload {
+    /// Whether event `index` is a delete. Spread by a hash, not by `index` alone: events go
+    /// round-robin over the devices, so every hundredth index would delete the same devices
+    /// every time.
+    pub(super) fn deletes(self, index: usize) -> bool {
+        let spread = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        self == Workload::WithDeletes && spread % EVENTS_PER_DELETE == 0
+    }
+}
+
 /// The `producer_id` of event `index`: what the stores hold once that event is the latest.
 pub(super) fn producer_id(index: usize) -> String {
     format!("e{index}")
@@ -93,6 +121,16 @@ pub(super) fn producer_id(index: usize) -> String {
 /// The index of the last of `events` events that goes to `device`.
 fn last_event_of(device: usize, events: usize, devices: usize) -> Option<usize> {
     (device < events).then(|| device + devices * ((events - 1 - device) / devices))
+}
+
+/// The row the platform holds for `device` before an adopted run: its first event's fields,
+/// another `producer_id` and an earlier `first_access`.
+fn platform_row(prefix: &str, device: usize, devices: usize) -> anyhow::Result<ProfileUpdate> {
+    let mut row = update_of(prefix, device, devices)?;
+    row.text
+        .insert(TextField::ProducerId, "platform".to_string());
+    row.first_access = row.first_access.map(|ms| ms - DAY_MS);
+    Ok(row)
 }
 
 fn update_of(prefix: &str, index: usize, devices: usize) -> anyhow::Result<ProfileUpdate> {
@@ -111,6 +149,8 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         kafka: kafka_pid(),
     };
     let mut runs = Vec::new();
+    let mut deletes_rates = Vec::new();
+    let mut adopted_rates = Vec::new();
     let mut per_event_rates = Vec::new();
     let mut limits = Vec::new();
     let mut paced_cpu = Vec::new();
@@ -119,12 +159,19 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         // The push goes first in even repetitions and the limits in odd ones, so that neither
         // gains from stores the other warmed or loses to compactions the other left.
         let (run, limit) = if rep % 2 == 0 {
-            let run = service_run(bench, rep, &pids).await?;
+            let run = service_run(bench, rep, &pids, Workload::Updates).await?;
             (run, store_limit_of(bench, rep, cassandra_pid).await?)
         } else {
             let limit = store_limit_of(bench, rep, cassandra_pid).await?;
-            (service_run(bench, rep, &pids).await?, limit)
+            (
+                service_run(bench, rep, &pids, Workload::Updates).await?,
+                limit,
+            )
         };
+        let with_deletes = service_run(bench, rep, &pids, Workload::WithDeletes).await?;
+        deletes_rates.push(with_deletes.events_per_s);
+        let adopted = service_run(bench, rep, &pids, Workload::OnAdoptedRows).await?;
+        adopted_rates.push(adopted.events_per_s);
         eprintln!(
             "bench: push {rep}: service {:.0} ev/s, two-store limit {:.0} ev/s",
             run.events_per_s, limit.two_stores.events_per_s
@@ -143,6 +190,8 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         .map(|limit| limit.two_stores.events_per_s)
         .collect();
     let service = median(&service_rates);
+    let with_deletes = median(&deletes_rates);
+    let adopted = median(&adopted_rates);
     let per_event = median(&per_event_rates);
     let limit = median(&limit_rates);
     let two_stores = median(&two_store_rates);
@@ -181,6 +230,19 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             rate(met),
         )
         .baseline(format!("first meeting {}", rate(service)), met / service),
+        Row::new(
+            format!("push: the same with 1 event in {EVENTS_PER_DELETE} a delete"),
+            rate(with_deletes),
+        )
+        .baseline(
+            format!("no deletes {}", rate(service)),
+            with_deletes / service,
+        ),
+        Row::new(
+            "push: the same over rows the platform and the old job wrote",
+            rate(adopted),
+        )
+        .baseline(format!("no rows {}", rate(service)), adopted / service),
         Row::new("memory: peak RSS during push", format!("{peak_mib:.0} MiB")).target(
             format!("< {MEMORY_TARGET_MIB:.0} MiB"),
             peak_mib < MEMORY_TARGET_MIB,
@@ -199,14 +261,24 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                  The topic holds the events twice over: the second pass (newer versions of the same \
                  devices) is timed on from the end of the first; the first pass reads each device's \
                  row once (the first meeting, absent rows here), the second reads nothing. \
-                 Medians of {} runs: service {:?}, second pass {:?}, per-event {:?}, two-store \
-                 limit {:?}, slower store alone {:?} ev/s. Before the first repetition, \
+                 Medians of {} runs: service {:?}, second pass {:?}, with deletes {:?}, on \
+                 adopted rows {:?}, per-event {:?}, two-store limit {:?}, slower store alone {:?} \
+                 ev/s. The runs with deletes and on adopted rows follow the push in each \
+                 repetition, each on its own topic and devices. With deletes, about one event \
+                 in {EVENTS_PER_DELETE} is a tombstone of its device, at the version the update \
+                 would have had, spread by a hash of the event's index; each checked device \
+                 whose last event deleted it is gone from both stores. On adopted rows, every \
+                 device is first written untimed as the platform's plain INSERT of every column \
+                 and the old job's hash with a 24-hour TTL, a day before the first event, with \
+                 another producer_id and an earlier first_access. Before the first repetition, \
                  {} events are written untimed into both stores and through the \
                  service's write path (first reads included); the push runs first in even \
                  repetitions, the limits first in odd ones",
                 sizes.repetitions,
                 rounded(&service_rates),
                 rounded(&met_rates),
+                rounded(&deletes_rates),
+                rounded(&adopted_rates),
                 rounded(&per_event_rates),
                 rounded(&two_store_rates),
                 rounded(&limit_rates),
@@ -489,13 +561,35 @@ impl CpuSnapshot {
 
 /// Pre-produces the events twice over (the second pass with newer versions of the same
 /// devices), starts a fresh service and times it through the first pass, then the second.
-async fn service_run(bench: &Bench, rep: usize, pids: &StackPids) -> anyhow::Result<ServiceRun> {
+async fn service_run(
+    bench: &Bench,
+    rep: usize,
+    pids: &StackPids,
+    workload: Workload,
+) -> anyhow::Result<ServiceRun> {
     let sizes = &bench.sizes;
-    let name = bench.name(&format!("push{rep}"));
+    let name = bench.name(&match workload {
+        Workload::Updates => format!("push{rep}"),
+        Workload::WithDeletes => format!("push_deletes{rep}"),
+        Workload::OnAdoptedRows => format!("push_adopted{rep}"),
+    });
     let env = isolated_env(&bench.stack, &name);
     let kafka = isolated_kafka(&bench.stack, &name);
-    produce(&kafka, &name, 2 * sizes.push_events, sizes.push_devices).await?;
+    produce(
+        &kafka,
+        &name,
+        2 * sizes.push_events,
+        sizes.push_devices,
+        workload,
+    )
+    .await?;
     let harness = bench.harness(&name).await?;
+    if workload == Workload::OnAdoptedRows {
+        let rows = (0..sizes.push_devices)
+            .map(|device| platform_row(&name, device, sizes.push_devices))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        platform_rows::write(&harness, &rows, BASE_VERSION_MS - DAY_MS).await?;
+    }
     harness.settle_compactions().await;
     let service = bench.start_service(&env).await?;
     let services = std::slice::from_ref(&service);
@@ -514,7 +608,14 @@ async fn service_run(bench: &Bench, rep: usize, pids: &StackPids) -> anyhow::Res
     let (met_finished, met_last) = wait_for_acknowledged(services, 2 * sizes.push_events).await?;
     let met_seconds = (met_finished - finished).as_secs_f64().max(1e-3);
     let met_events_per_s = met_last.saturating_sub(last) as f64 / met_seconds;
-    check_last_events(&harness, &name, 2 * sizes.push_events, sizes.push_devices).await?;
+    check_last_events(
+        &harness,
+        &name,
+        2 * sizes.push_events,
+        sizes.push_devices,
+        workload,
+    )
+    .await?;
     let memory = service.memory()?;
     service.stop().await?;
     let used = |before: Option<f64>, after: Option<f64>| {
@@ -540,6 +641,7 @@ pub(super) async fn produce(
     prefix: &str,
     events: usize,
     devices: usize,
+    workload: Workload,
 ) -> anyhow::Result<()> {
     let topic = kafka
         .topics
@@ -553,7 +655,13 @@ pub(super) async fn produce(
             let producer = &producer;
             async move {
                 let (key, value) = event(prefix, index, devices);
-                let record = FutureRecord::to(topic).key(&key).payload(&value);
+                let record = FutureRecord::to(topic).key(&key);
+                // A tombstone is ordered by its record timestamp: the update's version.
+                let record = if workload.deletes(index) {
+                    record.timestamp(BASE_VERSION_MS + index as i64)
+                } else {
+                    record.payload(&value)
+                };
                 producer
                     .send(record, QUEUE_TIMEOUT)
                     .await
@@ -599,12 +707,14 @@ pub(super) async fn wait_for_acknowledged(
     }
 }
 
-/// Devices spread over the run hold their last event in both stores: counted, not guessed.
+/// Devices spread over the run hold their last event in both stores, or are gone from both
+/// when it deleted them: counted, not guessed.
 pub(super) async fn check_last_events(
     harness: &Harness,
     prefix: &str,
     events: usize,
     devices: usize,
+    workload: Workload,
 ) -> anyhow::Result<()> {
     let written = devices.min(events);
     for device in (0..written).step_by((written / CHECKED_DEVICES).max(1)) {
@@ -612,7 +722,13 @@ pub(super) async fn check_last_events(
             continue;
         };
         let device_id = format!("{prefix}-d{device}");
-        if !harness.both_show(&device_id, &producer_id(last)).await? {
+        if workload.deletes(last) {
+            if !harness.both_lack(&device_id).await? {
+                anyhow::bail!(
+                    "{device_id} was deleted by its last event {last}, yet a store holds it"
+                );
+            }
+        } else if !harness.both_show(&device_id, &producer_id(last)).await? {
             anyhow::bail!("{device_id} does not hold its last event {last} in both stores");
         }
     }
@@ -714,6 +830,19 @@ mod tests {
         assert_eq!(update.first_access, Some(BASE_VERSION_MS - 2));
         assert_eq!(update.text[&TextField::ProducerId], "e7");
         assert!(update.uaspec.is_some());
+    }
+
+    #[test]
+    fn about_one_event_in_a_hundred_deletes_and_every_device_may_be_deleted() {
+        let deleted: Vec<usize> = (0..100_000)
+            .filter(|&index| Workload::WithDeletes.deletes(index))
+            .collect();
+        assert!((800..1_200).contains(&deleted.len()), "{}", deleted.len());
+        // Over 100 devices, the deletes fall on most of them, not on one residue.
+        let devices: std::collections::BTreeSet<usize> =
+            deleted.iter().map(|index| index % 100).collect();
+        assert!(devices.len() > 90, "{}", devices.len());
+        assert!((0..100_000).all(|index| !Workload::Updates.deletes(index)));
     }
 
     #[test]

@@ -280,7 +280,7 @@ pub fn per_100k(cpu_seconds: f64, events: usize) -> f64 {
 }
 
 /// The key, then every column of the table in `FIELDS` order.
-fn insert_row(update: &ProfileUpdate) -> Vec<MaybeUnset<ColumnValue<'_>>> {
+pub(super) fn insert_row(update: &ProfileUpdate) -> Vec<MaybeUnset<ColumnValue<'_>>> {
     let mut row = vec![MaybeUnset::Set(ColumnValue::Text(
         update.device_id.as_str().into(),
     ))];
@@ -324,7 +324,7 @@ async fn hset_chunk(redis: &RedisStore, chunk: &[ProfileUpdate]) -> anyhow::Resu
         .context("store-limit HSET")
 }
 
-fn hash_fields(update: &ProfileUpdate) -> Vec<(&'static str, String)> {
+pub(super) fn hash_fields(update: &ProfileUpdate) -> Vec<(&'static str, String)> {
     FIELDS
         .iter()
         .filter_map(|spec| Some((spec.redis?, hash_value(update.value(spec.field)?))))
