@@ -280,6 +280,7 @@ impl GetServer {
             _budget,
         } = self.reply_values(request).await;
         let correlation_id = reply_correlation_id(&request.headers, &request_id);
+        let queued_at = Instant::now();
         let mut deliveries = Vec::with_capacity(parts.len());
         for part in parts.iter() {
             // Each value is made just before it is queued and dropped once the producer has
@@ -299,6 +300,9 @@ impl GetServer {
                 }
             }
         }
+        self.metrics
+            .get_delivery_seconds
+            .observe(queued_at.elapsed().as_secs_f64());
         tracing::debug!(%request_id, status, values = parts.len(), "cache request answered");
         Ok(status)
     }

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub get_failures: IntCounterVec,
     /// Seconds to answer a cache request.
     pub get_duration_seconds: HistogramVec,
+    /// Seconds from a reply's first value queued to every value delivered: the Kafka part of
+    /// `get_duration_seconds`.
+    pub get_delivery_seconds: Histogram,
     /// Records of a partition not yet consumed by a consumer group, from librdkafka's
     /// statistics, by group, topic and partition.
     pub consumer_lag: IntGaugeVec,
@@ -145,6 +148,13 @@ impl Metrics {
                     .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 &["status"],
             )?,
+            get_delivery_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "get_delivery_seconds",
+                    "Seconds from a reply's first value queued to every value delivered",
+                )
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "consumer_lag",
@@ -211,6 +221,7 @@ impl Metrics {
             Box::new(self.get_requests.clone()),
             Box::new(self.get_failures.clone()),
             Box::new(self.get_duration_seconds.clone()),
+            Box::new(self.get_delivery_seconds.clone()),
             Box::new(self.consumer_lag.clone()),
             Box::new(self.producer_queue_messages.clone()),
             Box::new(self.store_request_seconds.clone()),

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::push::{event, ACKNOWLEDGED};
 use super::table::{median_of, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
-use crate::service::{isolated_env, isolated_kafka, isolated_stores};
+use crate::service::{isolated_env, isolated_kafka, isolated_stores, ServiceProcess};
 use crate::sim::{Fleet, FleetShape};
 use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
 use hawkeye_customer_cache::cache::keys::CacheKeys;
@@ -136,7 +136,10 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         for (concurrency, per_client) in [(1, one_client), (CLIENTS, each_of_32)] {
             let mut runs = Vec::new();
             for _ in 0..sizes.repetitions {
-                runs.push(load(&clients[..concurrency], filter, per_client).await?);
+                let before = ServiceTime::now(&service).await?;
+                let mut run = load(&clients[..concurrency], filter, per_client).await?;
+                run.in_service_ms = ServiceTime::now(&service).await?.mean_ms_since(&before);
+                runs.push(run);
             }
             rows.push(load_row(large, label, concurrency, &runs));
         }
@@ -275,6 +278,42 @@ async fn request(client: &Requester, filter: Option<&str>) -> anyhow::Result<()>
 struct Load {
     latencies_ms: Vec<f64>,
     per_second: f64,
+    /// The mean time a request spent in the service, from consumed to its reply delivered
+    /// (`get_duration_seconds`), and of it waiting for the deliveries: the rest of the
+    /// latency is the request's way to the service and the reply's to the client.
+    in_service_ms: (f64, f64),
+}
+
+const ANSWERED_SECONDS: &str = "hawkeye_customer_cache_get_duration_seconds_sum{status=\"200\"}";
+const ANSWERED: &str = "hawkeye_customer_cache_get_duration_seconds_count{status=\"200\"}";
+const DELIVERY_SECONDS: &str = "hawkeye_customer_cache_get_delivery_seconds_sum";
+
+/// The service's `get_duration_seconds` of the requests it answered so far.
+struct ServiceTime {
+    seconds: f64,
+    requests: f64,
+    /// Of `seconds`, those spent waiting for Kafka to take the replies
+    /// (`get_delivery_seconds`).
+    delivery_seconds: f64,
+}
+
+impl ServiceTime {
+    async fn now(service: &ServiceProcess) -> anyhow::Result<Self> {
+        Ok(ServiceTime {
+            seconds: service.metric(ANSWERED_SECONDS).await?,
+            requests: service.metric(ANSWERED).await?,
+            delivery_seconds: service.metric(DELIVERY_SECONDS).await?,
+        })
+    }
+
+    /// Mean milliseconds per request since `before`: in the service, and of it in delivery.
+    fn mean_ms_since(&self, before: &ServiceTime) -> (f64, f64) {
+        let requests = (self.requests - before.requests).max(1.0);
+        (
+            (self.seconds - before.seconds) * 1000.0 / requests,
+            (self.delivery_seconds - before.delivery_seconds) * 1000.0 / requests,
+        )
+    }
 }
 
 /// Each client sends `per_client` requests, one after the other, all clients at once.
@@ -299,6 +338,7 @@ async fn load(
     Ok(Load {
         latencies_ms,
         per_second,
+        in_service_ms: (0.0, 0.0),
     })
 }
 
@@ -307,12 +347,22 @@ fn load_row(devices: usize, label: &str, concurrency: usize, runs: &[Load]) -> R
     let p50 = of_runs(&|run| percentile(&run.latencies_ms, 50.0));
     let p99 = of_runs(&|run| percentile(&run.latencies_ms, 99.0));
     let per_second = of_runs(&|run| run.per_second);
+    let mean =
+        of_runs(&|run| run.latencies_ms.iter().sum::<f64>() / run.latencies_ms.len().max(1) as f64);
+    let in_service = of_runs(&|run| run.in_service_ms.0);
+    let delivering = of_runs(&|run| run.in_service_ms.1);
     Row::new(
         format!(
             "get {label}, {} cached, {concurrency} client(s): p50 / p99",
             thousands(devices as f64)
         ),
         format!("{p50:.1} / {p99:.1} ms, {per_second:.1} req/s"),
+    )
+    .baseline(
+        format!(
+            "mean {mean:.1} ms, in the service {in_service:.1} ms (delivering {delivering:.1})"
+        ),
+        in_service / mean.max(1e-3),
     )
 }
 
