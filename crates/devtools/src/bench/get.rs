@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use hawkeye_customer_cache::stores::redis::RedisConnection;
 use tokio::time::Instant;
 
-use super::push::{event, ACKNOWLEDGED};
+use super::push::{event, profile_topic, ACKNOWLEDGED};
 use super::table::{median_of, percentile, thousands, Row};
 use super::{Bench, Report, MEMORY_TARGET_MIB};
 use crate::service::{isolated_env, isolated_kafka, isolated_stores, ServiceProcess};
@@ -19,7 +19,7 @@ use hawkeye_customer_cache::cache::client::{GetOptions, Requester};
 use hawkeye_customer_cache::cache::keys::CacheKeys;
 use hawkeye_customer_cache::cache::publish::{publish, write_staging, Generation, RefreshLock};
 use hawkeye_customer_cache::config::KafkaSettings;
-use hawkeye_customer_cache::kafka::{ensure_topics, producer};
+use hawkeye_customer_cache::kafka::producer;
 use hawkeye_customer_cache::stores::RedisStore;
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
@@ -201,12 +201,7 @@ async fn background_pushes(
     prefix: String,
     stop: CancellationToken,
 ) -> anyhow::Result<usize> {
-    let topic = kafka
-        .topics
-        .profile_updates
-        .first()
-        .context("no profile topic")?;
-    ensure_topics(&kafka, &[topic]).await?;
+    let topic = profile_topic(&kafka).await?;
     let producer = producer(&kafka)?;
     let per_tick = BACKGROUND_EVENTS_PER_S * BACKGROUND_TICK.as_millis() as usize / 1_000;
     let mut ticks = tokio::time::interval(BACKGROUND_TICK);

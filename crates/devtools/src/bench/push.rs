@@ -87,8 +87,33 @@ pub(super) fn event(prefix: &str, index: usize, devices: usize) -> (String, Stri
     (device_id, value.to_string())
 }
 
+/// Event `index` in the shape of issue 31's item 3 (the run side by side with the Kafka
+/// Connect sink): 13 plain fields, no maps, `first_access` and `api_last_updated_on` growing
+/// with `index`.
+fn plain_event(prefix: &str, index: usize, devices: usize) -> (String, String) {
+    let device = index % devices;
+    let device_id = format!("{prefix}-d{device}");
+    let (state_code, state, city) = CITIES[index % CITIES.len()];
+    let value = json!({
+        "device_id": device_id,
+        "country_code": "IN",
+        "country": "India",
+        "state_code": state_code,
+        "state": state,
+        "city": city,
+        "district_custom": city,
+        "state_custom": state,
+        "state_code_custom": state_code,
+        "fcm_token": format!("fcm-{device}-{}", index / devices),
+        "producer_id": producer_id(index),
+        "first_access": BASE_VERSION_MS + index as i64,
+        "api_last_updated_on": BASE_VERSION_MS + index as i64,
+    });
+    (device_id, value.to_string())
+}
+
 /// What a run's service meets: updates of devices no one wrote, the same with deletes among
-/// them, or updates of devices the deployment before it wrote.
+/// them, updates of devices the deployment before it wrote, or smaller updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Workload {
     Updates,
@@ -98,6 +123,8 @@ pub(super) enum Workload {
     /// Every device is in both stores before the run, as the platform's API and the old job
     /// left it a day before the first event ([`platform_rows`]).
     OnAdoptedRows,
+    /// Events of [`plain_event`]'s shape, in which the push left the machine partly idle.
+    PlainFields,
 }
 
 /// One event in this many is a delete in a [`Workload::WithDeletes`] run (issue 31's 1%).
@@ -151,6 +178,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     let mut deletes_rates = Vec::new();
     let mut adopted_rates = Vec::new();
+    let mut plain_runs = Vec::new();
     let mut per_event_rates = Vec::new();
     let mut limits = Vec::new();
     let mut paced_cpu = Vec::new();
@@ -172,6 +200,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
         deletes_rates.push(with_deletes.events_per_s);
         let adopted = service_run(bench, rep, &pids, Workload::OnAdoptedRows).await?;
         adopted_rates.push(adopted.events_per_s);
+        plain_runs.push(service_run(bench, rep, &pids, Workload::PlainFields).await?);
         eprintln!(
             "bench: push {rep}: service {:.0} ev/s, two-store limit {:.0} ev/s",
             run.events_per_s, limit.two_stores.events_per_s
@@ -243,6 +272,16 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
             rate(adopted),
         )
         .baseline(format!("no rows {}", rate(service)), adopted / service),
+        Row::new(
+            "push: the same with 13 plain fields, no maps (issue 31, item 3)",
+            rate(median_of(&plain_runs, |run| run.events_per_s)),
+        )
+        .baseline(
+            format!("the events above {}", rate(service)),
+            median_of(&plain_runs, |run| run.events_per_s) / service,
+        ),
+        batch_row("the events above", &runs),
+        batch_row("13 plain fields", &plain_runs),
         Row::new("memory: peak RSS during push", format!("{peak_mib:.0} MiB")).target(
             format!("< {MEMORY_TARGET_MIB:.0} MiB"),
             peak_mib < MEMORY_TARGET_MIB,
@@ -270,7 +309,10 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
                  whose last event deleted it is gone from both stores. On adopted rows, every \
                  device is first written untimed as the platform's plain INSERT of every column \
                  and the old job's hash with a 24-hour TTL, a day before the first event, with \
-                 another producer_id and an earlier first_access. Before the first repetition, \
+                 another producer_id and an earlier first_access. The run of 13 plain fields \
+                 (device_id, ten text fields, first_access and api_last_updated_on growing with \
+                 the index, no maps) is the shape of issue 31's item 3. Before the first \
+                 repetition, \
                  {} events are written untimed into both stores and through the \
                  service's write path (first reads included); the push runs first in even \
                  repetitions, the limits first in odd ones",
@@ -366,6 +408,51 @@ fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit], paced: &[Option<f64>]) -
             cassandra / paced,
         ),
     ])
+}
+
+/// The service's batches in flight (`push::pipeline::BATCHES_IN_FLIGHT`): a batch is in
+/// flight for this many intervals between batches done.
+const SERVICE_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Where the first pass's batches spent their time: how often one finished and how busy the
+/// machine was, beside each store's calls per batch (Redis and Cassandra written at once,
+/// after the first reads). Busy well below 1 with the store calls near the batch's whole time
+/// in flight (ratio near 1) means the push waits on round trips, not on CPU.
+fn batch_row(label: &str, runs: &[ServiceRun]) -> Row {
+    let of = |figure: fn(&BatchTimes) -> f64| median_of(runs, |run| figure(&run.batches));
+    let interval_ms = median_of(runs, |run| {
+        run.batches
+            .per_batch_ms(run.batches.events / run.events_per_s.max(1e-3))
+    });
+    let busy = median_of(runs, |run| {
+        run.machine_cpu_per_100k / per_100k(cores() as f64, run.events_per_s.round() as usize)
+    });
+    let per_batch = |seconds: fn(&BatchTimes) -> f64| {
+        median_of(runs, |run| run.batches.per_batch_ms(seconds(&run.batches)))
+    };
+    let (first_reads, redis, cassandra) = (
+        per_batch(|batches| batches.first_reads),
+        per_batch(|batches| batches.redis_upserts),
+        per_batch(|batches| batches.cassandra_upserts),
+    );
+    // The share of a batch's time in flight that its store calls account for.
+    let waited = (first_reads + redis.max(cassandra))
+        / (SERVICE_BATCHES_IN_FLIGHT as f64 * interval_ms).max(1e-3);
+    Row::new(
+        format!("push batches, {label}: one done every / events each / machine busy"),
+        format!(
+            "{interval_ms:.0} ms / {:.0} / {busy:.2}",
+            of(|batches| batches.events / batches.batches.max(1.0))
+        ),
+    )
+    .baseline(
+        format!(
+            "per batch: first reads {first_reads:.0} ms, then Redis {redis:.0} ms and \
+             Cassandra {cassandra:.0} ms at once, against {SERVICE_BATCHES_IN_FLIGHT} x the \
+             interval"
+        ),
+        waited,
+    )
 }
 
 /// The rest of the push's CPU (Redis, Kafka) and the whole machine's, beside what all its
@@ -528,6 +615,53 @@ struct ServiceRun {
     kafka_cpu_per_100k: Option<f64>,
     /// Every process of the machine, summed over its cores.
     machine_cpu_per_100k: f64,
+    /// Where the first pass's batches spent their time.
+    batches: BatchTimes,
+}
+
+/// The service's batches over the first pass, from its `/metrics`: how many, and the seconds
+/// of each store's calls summed (`store_request_seconds`; one upsert call per store per batch).
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchTimes {
+    batches: f64,
+    events: f64,
+    redis_upserts: f64,
+    cassandra_upserts: f64,
+    first_reads: f64,
+}
+
+const BATCHES: &str = "hawkeye_customer_cache_profile_batch_size_count";
+const BATCHED_EVENTS: &str = "hawkeye_customer_cache_profile_batch_size_sum";
+const STORE_SECONDS: &str = "hawkeye_customer_cache_store_request_seconds_sum";
+
+impl BatchTimes {
+    async fn of(service: &ServiceProcess) -> anyhow::Result<Self> {
+        let store = |operation: &str, store: &str| {
+            format!("{STORE_SECONDS}{{operation=\"{operation}\",store=\"{store}\"}}")
+        };
+        Ok(BatchTimes {
+            batches: service.metric(BATCHES).await?,
+            events: service.metric(BATCHED_EVENTS).await?,
+            redis_upserts: service.metric(&store("upsert", "redis")).await?,
+            cassandra_upserts: service.metric(&store("upsert", "cassandra")).await?,
+            first_reads: service.metric(&store("first_read", "cassandra")).await?,
+        })
+    }
+
+    fn since(&self, before: &BatchTimes) -> BatchTimes {
+        BatchTimes {
+            batches: self.batches - before.batches,
+            events: self.events - before.events,
+            redis_upserts: self.redis_upserts - before.redis_upserts,
+            cassandra_upserts: self.cassandra_upserts - before.cassandra_upserts,
+            first_reads: self.first_reads - before.first_reads,
+        }
+    }
+
+    /// Milliseconds per batch of `seconds` summed over the batches.
+    fn per_batch_ms(&self, seconds: f64) -> f64 {
+        seconds * 1000.0 / self.batches.max(1.0)
+    }
 }
 
 /// The stack's servers, whose CPU the push also costs; `None` when not found.
@@ -572,6 +706,7 @@ async fn service_run(
         Workload::Updates => format!("push{rep}"),
         Workload::WithDeletes => format!("push_deletes{rep}"),
         Workload::OnAdoptedRows => format!("push_adopted{rep}"),
+        Workload::PlainFields => format!("push_plain{rep}"),
     });
     let env = isolated_env(&bench.stack, &name);
     let kafka = isolated_kafka(&bench.stack, &name);
@@ -595,8 +730,10 @@ async fn service_run(
     let services = std::slice::from_ref(&service);
     let (started, first) = wait_for_acknowledged(services, 1).await?;
     let cpu_started = CpuSnapshot::now(&service, pids)?;
+    let batches_started = BatchTimes::of(&service).await?;
     let (finished, last) = wait_for_acknowledged(services, sizes.push_events).await?;
     let cpu_finished = CpuSnapshot::now(&service, pids)?;
+    let batches = BatchTimes::of(&service).await?.since(&batches_started);
     let timed_events = last.saturating_sub(first).max(1);
     let seconds = (finished - started).as_secs_f64().max(1e-3);
     let events_per_s = if last > first {
@@ -632,7 +769,19 @@ async fn service_run(
         redis_cpu_per_100k: used(cpu_started.redis, cpu_finished.redis),
         kafka_cpu_per_100k: used(cpu_started.kafka, cpu_finished.kafka),
         machine_cpu_per_100k: per_100k(cpu_finished.machine - cpu_started.machine, timed_events),
+        batches,
     })
+}
+
+/// The service's (first) profile topic, created when missing.
+pub(super) async fn profile_topic(kafka: &KafkaSettings) -> anyhow::Result<&str> {
+    let topic = kafka
+        .topics
+        .profile_updates
+        .first()
+        .context("no profile topic")?;
+    ensure_topics(kafka, &[topic]).await?;
+    Ok(topic)
 }
 
 /// Produces every event to the service's profile topic and waits for each delivery.
@@ -643,18 +792,16 @@ pub(super) async fn produce(
     devices: usize,
     workload: Workload,
 ) -> anyhow::Result<()> {
-    let topic = kafka
-        .topics
-        .profile_updates
-        .first()
-        .context("no profile topic")?;
-    ensure_topics(kafka, &[topic]).await?;
+    let topic = profile_topic(kafka).await?;
     let producer = producer(kafka)?;
     futures::stream::iter(0..events)
         .map(|index| {
             let producer = &producer;
             async move {
-                let (key, value) = event(prefix, index, devices);
+                let (key, value) = match workload {
+                    Workload::PlainFields => plain_event(prefix, index, devices),
+                    _ => event(prefix, index, devices),
+                };
                 let record = FutureRecord::to(topic).key(&key);
                 // A tombstone is ordered by its record timestamp: the update's version.
                 let record = if workload.deletes(index) {

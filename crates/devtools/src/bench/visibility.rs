@@ -10,12 +10,13 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::probe::Harness;
+use super::push::profile_topic;
 use super::table::{percentile, Row};
 use super::{Bench, Report};
 use crate::service::{isolated_env, isolated_kafka};
 use hawkeye_customer_cache::cache::client::listen_at_end;
 use hawkeye_customer_cache::config::KafkaSettings;
-use hawkeye_customer_cache::kafka::{client_config, ensure_topics};
+use hawkeye_customer_cache::kafka::client_config;
 use hawkeye_customer_cache::profile::event::parse_event;
 
 const POLL: Duration = Duration::from_millis(1);
@@ -41,12 +42,7 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Report> {
     let name = bench.name("visibility");
     let env = isolated_env(&bench.stack, &name);
     let kafka = isolated_kafka(&bench.stack, &name);
-    let topic = kafka
-        .topics
-        .profile_updates
-        .first()
-        .context("no profile topic")?;
-    ensure_topics(&kafka, &[topic]).await?;
+    let topic = profile_topic(&kafka).await?;
     let service = bench.start_service(&env).await?;
     let harness = bench.harness(&name).await?;
     // An upstream producer that sends at once: its own linger is its choice, not the service's.
