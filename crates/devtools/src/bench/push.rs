@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use redis::AsyncCommands;
 use reqwest::Url;
 use scylla::value::CqlTimestamp;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::platform_rows;
@@ -68,48 +68,56 @@ const CITIES: [(&str, &str, &str); 4] = [
 /// Events go round-robin over `devices` devices, so every device's versions rise over time
 /// and a batch holds different devices (the worst case for merging).
 pub(super) fn event(prefix: &str, index: usize, devices: usize) -> (String, String) {
+    let (device_id, mut fields) = common_fields(prefix, index, devices);
+    let uaspec =
+        json!({"os": "Android", "browser": "Chrome", "version": (index % 100).to_string()});
+    fields.insert("uaspec".into(), uaspec);
     let device = index % devices;
-    let device_id = format!("{prefix}-d{device}");
-    let (state_code, state, city) = CITIES[index % CITIES.len()];
-    let value = json!({
-        "device_id": device_id,
-        "country_code": "IN",
-        "country": "India",
-        "state_code": state_code,
-        "state": state,
-        "city": city,
-        "fcm_token": format!("fcm-{device}-{}", index / devices),
-        "producer_id": producer_id(index),
-        "uaspec": {"os": "Android", "browser": "Chrome", "version": (index % 100).to_string()},
-        "first_access": BASE_VERSION_MS - device as i64,
-        "api_last_updated_on": BASE_VERSION_MS + index as i64,
-    });
-    (device_id, value.to_string())
+    fields.insert(
+        "first_access".into(),
+        json!(BASE_VERSION_MS - device as i64),
+    );
+    (device_id, Value::Object(fields).to_string())
 }
 
 /// Event `index` in the shape of issue 31's item 3 (the run side by side with the Kafka
 /// Connect sink): 13 plain fields, no maps, `first_access` and `api_last_updated_on` growing
 /// with `index`.
 fn plain_event(prefix: &str, index: usize, devices: usize) -> (String, String) {
+    let (device_id, mut fields) = common_fields(prefix, index, devices);
+    let (state_code, state, city) = CITIES[index % CITIES.len()];
+    fields.insert("district_custom".into(), json!(city));
+    fields.insert("state_custom".into(), json!(state));
+    fields.insert("state_code_custom".into(), json!(state_code));
+    fields.insert("first_access".into(), json!(BASE_VERSION_MS + index as i64));
+    (device_id, Value::Object(fields).to_string())
+}
+
+/// The fields of event `index` every shape has: the device, where it is, its token, the
+/// event's `producer_id` and its version.
+fn common_fields(prefix: &str, index: usize, devices: usize) -> (String, Map<String, Value>) {
     let device = index % devices;
     let device_id = format!("{prefix}-d{device}");
     let (state_code, state, city) = CITIES[index % CITIES.len()];
-    let value = json!({
-        "device_id": device_id,
-        "country_code": "IN",
-        "country": "India",
-        "state_code": state_code,
-        "state": state,
-        "city": city,
-        "district_custom": city,
-        "state_custom": state,
-        "state_code_custom": state_code,
-        "fcm_token": format!("fcm-{device}-{}", index / devices),
-        "producer_id": producer_id(index),
-        "first_access": BASE_VERSION_MS + index as i64,
-        "api_last_updated_on": BASE_VERSION_MS + index as i64,
-    });
-    (device_id, value.to_string())
+    let fields = [
+        ("device_id", json!(device_id)),
+        ("country_code", json!("IN")),
+        ("country", json!("India")),
+        ("state_code", json!(state_code)),
+        ("state", json!(state)),
+        ("city", json!(city)),
+        (
+            "fcm_token",
+            json!(format!("fcm-{device}-{}", index / devices)),
+        ),
+        ("producer_id", json!(producer_id(index))),
+        ("api_last_updated_on", json!(BASE_VERSION_MS + index as i64)),
+    ];
+    let fields = fields
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    (device_id, fields)
 }
 
 /// What a run's service meets: updates of devices no one wrote, the same with deletes among
@@ -977,6 +985,18 @@ mod tests {
         assert_eq!(update.first_access, Some(BASE_VERSION_MS - 2));
         assert_eq!(update.text[&TextField::ProducerId], "e7");
         assert!(update.uaspec.is_some());
+    }
+
+    #[test]
+    fn the_plain_shape_has_13_plain_fields_and_parses() {
+        let (key, value) = plain_event("run", 7, 5);
+        assert_eq!(key, "run-d2");
+        let fields: Map<String, Value> = serde_json::from_str(&value).unwrap();
+        assert_eq!(fields.len(), 13);
+        assert!(fields.values().all(|value| !value.is_object()));
+        let update = parse_event(value.as_bytes(), 0).unwrap().update;
+        assert_eq!(update.first_access, Some(BASE_VERSION_MS + 7));
+        assert_eq!(update.text[&TextField::ProducerId], "e7");
     }
 
     #[test]
