@@ -35,7 +35,7 @@ use crate::stores::StoreError;
 /// ([`EventSource::acknowledge`]) up to the first unfinished one, whatever order batches finish in.
 /// The one exception is a device deleted by one batch and written by another: see
 /// [`BatchDevices`].
-const BATCHES_IN_FLIGHT: usize = 2;
+pub const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Batching and retry knobs.
 #[derive(Debug, Clone)]

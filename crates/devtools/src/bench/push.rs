@@ -27,6 +27,7 @@ use hawkeye_customer_cache::config::KafkaSettings;
 use hawkeye_customer_cache::kafka::{ensure_topics, producer};
 use hawkeye_customer_cache::profile::event::parse_event;
 use hawkeye_customer_cache::profile::{merge, ProfileUpdate, TextField};
+use hawkeye_customer_cache::push::pipeline::BATCHES_IN_FLIGHT;
 
 /// Version (`api_last_updated_on`) of event 0; event `i` has `BASE_VERSION_MS + i`.
 const BASE_VERSION_MS: i64 = 1_700_000_000_000;
@@ -418,10 +419,6 @@ fn cpu_rows(runs: &[ServiceRun], limits: &[StoreLimit], paced: &[Option<f64>]) -
     ])
 }
 
-/// The service's batches in flight (`push::pipeline::BATCHES_IN_FLIGHT`): a batch is in
-/// flight for this many intervals between batches done.
-const SERVICE_BATCHES_IN_FLIGHT: usize = 2;
-
 /// Where the first pass's batches spent their time: how often one finished and how busy the
 /// machine was, beside each store's calls per batch (Redis and Cassandra written at once,
 /// after the first reads). Busy well below 1 with the store calls near the batch's whole time
@@ -432,9 +429,7 @@ fn batch_row(label: &str, runs: &[ServiceRun]) -> Row {
         run.batches
             .per_batch_ms(run.batches.events / run.events_per_s.max(1e-3))
     });
-    let busy = median_of(runs, |run| {
-        run.machine_cpu_per_100k / per_100k(cores() as f64, run.events_per_s.round() as usize)
-    });
+    let busy = median_of(runs, |run| run.machine_cpu_per_100k / run.cores_per_100k());
     let per_batch = |seconds: fn(&BatchTimes) -> f64| {
         median_of(runs, |run| run.batches.per_batch_ms(seconds(&run.batches)))
     };
@@ -443,9 +438,10 @@ fn batch_row(label: &str, runs: &[ServiceRun]) -> Row {
         per_batch(|batches| batches.redis_upserts),
         per_batch(|batches| batches.cassandra_upserts),
     );
-    // The share of a batch's time in flight that its store calls account for.
-    let waited = (first_reads + redis.max(cassandra))
-        / (SERVICE_BATCHES_IN_FLIGHT as f64 * interval_ms).max(1e-3);
+    // The share of a batch's time in flight (the service's BATCHES_IN_FLIGHT intervals between
+    // batches done) that its store calls account for.
+    let waited =
+        (first_reads + redis.max(cassandra)) / (BATCHES_IN_FLIGHT as f64 * interval_ms).max(1e-3);
     Row::new(
         format!("push batches, {label}: one done every / events each / machine busy"),
         format!(
@@ -456,7 +452,7 @@ fn batch_row(label: &str, runs: &[ServiceRun]) -> Row {
     .baseline(
         format!(
             "per batch: first reads {first_reads:.0} ms, then Redis {redis:.0} ms and \
-             Cassandra {cassandra:.0} ms at once, against {SERVICE_BATCHES_IN_FLIGHT} x the \
+             Cassandra {cassandra:.0} ms at once, against {BATCHES_IN_FLIGHT} x the \
              interval"
         ),
         waited,
@@ -472,9 +468,7 @@ fn machine_row(runs: &[ServiceRun]) -> Row {
             .map_or("n/a".to_string(), |median| format!("{median:.1} s"))
     };
     let machine = median_of(runs, |run| run.machine_cpu_per_100k);
-    let capacity = median_of(runs, |run| {
-        per_100k(cores() as f64, run.events_per_s.round() as usize)
-    });
+    let capacity = median_of(runs, ServiceRun::cores_per_100k);
     Row::new(
         "CPU per 100k events during the push: Redis / Kafka / whole machine",
         format!(
@@ -669,6 +663,14 @@ impl BatchTimes {
     /// Milliseconds per batch of `seconds` summed over the batches.
     fn per_batch_ms(&self, seconds: f64) -> f64 {
         seconds * 1000.0 / self.batches.max(1.0)
+    }
+}
+
+impl ServiceRun {
+    /// What all the machine's cores give per 100k events at this run's rate: its machine CPU
+    /// over this is how busy the machine was.
+    fn cores_per_100k(&self) -> f64 {
+        per_100k(cores() as f64, self.events_per_s.round() as usize)
     }
 }
 
